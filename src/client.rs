@@ -1,0 +1,201 @@
+//! Talks to an agent's HTTP API from the command line: `http(s)://` URLs through reqwest, and
+//! `unix:/path` sockets through hyper.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+
+/// Answers larger than this are cut off as an error.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// An agent address: a base URL or a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Http(reqwest::Url),
+    Unix(std::path::PathBuf),
+}
+
+impl Endpoint {
+    /// `http://host:port`, `https://…/prefix` or `unix:/path`.
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Ok(Endpoint::Unix(path.into()));
+        }
+        let url = reqwest::Url::parse(text).map_err(|e| format!("{text}: not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(format!("{text}: not an http(s) URL or unix:/path"));
+        }
+        Ok(Endpoint::Http(url))
+    }
+
+    /// The URL of an API path, keeping any prefix path of the base (`…/v1/upgrade` given whole is kept).
+    pub fn describe(&self, path: &str) -> String {
+        match self {
+            Endpoint::Http(url) => join(url, path).to_string(),
+            Endpoint::Unix(socket) => format!("unix:{}{path}", socket.display()),
+        }
+    }
+}
+
+fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    if !prefix.ends_with(path) {
+        url.set_path(&format!("{prefix}{path}"));
+    }
+    url
+}
+
+/// One HTTP exchange; the answer's status and body.
+pub struct Exchange {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+pub async fn request(
+    endpoint: &Endpoint,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Exchange, String> {
+    let target = endpoint.describe(path);
+    let exchange = async {
+        match endpoint {
+            Endpoint::Http(base) => http_request(base, method, path, headers, body, timeout).await,
+            Endpoint::Unix(socket) => unix_request(socket, method, path, headers, body).await,
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result.map_err(|e| format!("{target}: {e}")),
+        Err(_) => Err(format!(
+            "{target}: no answer within {}",
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
+async fn http_request(
+    base: &reqwest::Url,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Exchange, String> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut request = client.request(method, join(base, path));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body);
+    }
+    let mut response = request.send().await.map_err(|e| describe(&e))?;
+    let status = response.status().as_u16();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+        if bytes.len() + chunk.len() > MAX_ANSWER {
+            return Err("answer too large".into());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Exchange {
+        status,
+        body: bytes,
+    })
+}
+
+async fn unix_request(
+    socket: &std::path::Path,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<Vec<u8>>,
+) -> Result<Exchange, String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut builder = hyper::Request::builder()
+        .method(method.as_str())
+        .uri(path)
+        .header("host", "localhost");
+    for (name, value) in headers {
+        builder = builder.header(*name, value);
+    }
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let bytes = Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Exchange {
+        status,
+        body: bytes.to_vec(),
+    })
+}
+
+/// reqwest's Display hides the cause ("error sending request"); name it.
+pub fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e = Endpoint::parse("http://127.0.0.1:9980").unwrap();
+        assert_eq!(
+            e.describe("/v1/upgrade"),
+            "http://127.0.0.1:9980/v1/upgrade"
+        );
+        let e = Endpoint::parse("https://web1.example/agent/").unwrap();
+        assert_eq!(
+            e.describe("/v1/status"),
+            "https://web1.example/agent/v1/status"
+        );
+        let e = Endpoint::parse("http://web1:9980/v1/upgrade").unwrap();
+        assert_eq!(e.describe("/v1/upgrade"), "http://web1:9980/v1/upgrade");
+        assert_eq!(
+            Endpoint::parse("unix:/run/a.sock").unwrap(),
+            Endpoint::Unix("/run/a.sock".into())
+        );
+        assert!(Endpoint::parse("ftp://x").is_err());
+        assert!(Endpoint::parse("web1:9980").is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! Runs each subcommand and maps its result to the exit code of SPEC §2.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cli::Command;
+use crate::client::{Endpoint, request};
+use crate::config::{LogFormat, Settings};
+use crate::notify::{NotifyError, NotifyOptions};
+use crate::signature::{Keys, generate_id};
+
+const OK: u8 = 0;
+const FAILED: u8 = 1;
+const USAGE: u8 = 2;
+/// How long `trigger` and `status` wait for the agent.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(command: Command) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    match command {
+        Command::Serve { .. } => {}
+        Command::Demo => crate::logging::init(LogFormat::Text, "nixos_hydra_upgrade=info", false),
+        _ => crate::logging::init(LogFormat::Text, "warn", true),
+    }
+    match command {
+        Command::Serve { config } => {
+            let settings = match Settings::from_file(&config) {
+                Ok(settings) => settings,
+                Err(e) => return usage(&e.to_string()),
+            };
+            crate::logging::init(settings.log_format, "info", false);
+            match runtime.block_on(crate::app::serve(settings)) {
+                Ok(()) => OK,
+                Err(e) => {
+                    tracing::error!(error = %e, "agent stopped");
+                    fail(&e.to_string())
+                }
+            }
+        }
+        Command::CheckConfig { config } => match Settings::from_file(&config) {
+            Ok(s) => {
+                println!(
+                    "{}: valid (host {}, job {}:{}:{}, {} on {})",
+                    config.display(),
+                    s.host,
+                    s.hydra_project,
+                    s.hydra_jobset,
+                    s.hydra_job,
+                    s.operation.as_str(),
+                    s.listen
+                );
+                OK
+            }
+            Err(e) => usage(&e.to_string()),
+        },
+        Command::Notify {
+            urls,
+            routes,
+            secret_file,
+            hydra_json,
+            deadline,
+        } => {
+            let options = NotifyOptions {
+                urls,
+                routes,
+                secret_file,
+                hydra_json,
+                deadline,
+            };
+            match runtime.block_on(crate::notify::notify(options)) {
+                Ok(report) => {
+                    for line in &report.lines {
+                        println!("{line}");
+                    }
+                    if report.all_delivered { OK } else { FAILED }
+                }
+                Err(NotifyError::Usage(e)) => usage(&e),
+                Err(NotifyError::Failed(e)) => fail(&e),
+            }
+        }
+        Command::Trigger {
+            url,
+            secret_file,
+            build,
+            force,
+        } => runtime.block_on(trigger(&url, &secret_file, build, force)),
+        Command::Status { url, json } => runtime.block_on(status(&url, json)),
+        Command::Check { config } => match Settings::from_file(&config) {
+            Ok(settings) => runtime.block_on(check(&settings)),
+            Err(e) => usage(&e.to_string()),
+        },
+        Command::Calendar {
+            iterations,
+            base_time,
+            json,
+            expr,
+        } => crate::schedule::calendar_command(&expr, iterations, base_time.as_deref(), json),
+        Command::Demo => match runtime.block_on(crate::demo::run()) {
+            Ok(()) => OK,
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn fail(message: &str) -> u8 {
+    eprintln!("nixos-hydra-upgrade: {message}");
+    FAILED
+}
+
+fn usage(message: &str) -> u8 {
+    eprintln!("nixos-hydra-upgrade: {message}");
+    USAGE
+}
+
+async fn trigger(url: &str, secret_file: &Path, build: Option<u64>, force: bool) -> u8 {
+    let endpoint = match Endpoint::parse(url) {
+        Ok(e) => e,
+        Err(e) => return usage(&e),
+    };
+    let keys = match Keys::load(secret_file) {
+        Ok(k) => k,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let mut body = serde_json::Map::new();
+    if let Some(build) = build {
+        body.insert("build".into(), build.into());
+    }
+    if force {
+        body.insert("force".into(), true.into());
+    }
+    let body = Value::Object(body).to_string().into_bytes();
+    let id = generate_id();
+    let timestamp = jiff::Timestamp::now().as_second();
+    let headers = [
+        ("webhook-id", id.clone()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", keys.sign(&id, timestamp, &body)),
+    ];
+    match request(
+        &endpoint,
+        reqwest::Method::POST,
+        "/v1/upgrade",
+        &headers,
+        Some(body),
+        CLIENT_TIMEOUT,
+    )
+    .await
+    {
+        Ok(answer) => {
+            println!(
+                "{} {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+            if (200..300).contains(&answer.status) {
+                OK
+            } else {
+                FAILED
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+async fn status(url: &str, json: bool) -> u8 {
+    let endpoint = match Endpoint::parse(url) {
+        Ok(e) => e,
+        Err(e) => return usage(&e),
+    };
+    let answer = match request(
+        &endpoint,
+        reqwest::Method::GET,
+        "/v1/status",
+        &[],
+        None,
+        CLIENT_TIMEOUT,
+    )
+    .await
+    {
+        Ok(a) if a.status == 200 => a,
+        Ok(a) => {
+            return fail(&format!(
+                "{}: answered {}",
+                endpoint.describe("/v1/status"),
+                a.status
+            ));
+        }
+        Err(e) => return fail(&e),
+    };
+    if json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+        return OK;
+    }
+    match serde_json::from_slice::<Value>(&answer.body) {
+        Ok(value) => {
+            print!("{}", describe_status(&value));
+            OK
+        }
+        Err(e) => fail(&format!("status is not JSON: {e}")),
+    }
+}
+
+async fn check(settings: &Settings) -> u8 {
+    let checks = &settings.health_checks;
+    let results = crate::health::run_phase(&checks.pre_checks(), checks.deadline).await;
+    print!("{}", crate::health::render_table(&results));
+    if results.iter().all(|r| r.passed) {
+        OK
+    } else {
+        FAILED
+    }
+}
+
+/// The human-readable form of `/v1/status`.
+pub fn describe_status(status: &Value) -> String {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let field = |k: &str| status.get(k).filter(|v| !v.is_null());
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| out.push_str(&format!("{label:<16}{value}\n"));
+    line("phase", field("phase").map_or("?".into(), text));
+    line(
+        "current system",
+        field("current_system").map_or("unknown".into(), text),
+    );
+    let hydra = field("hydra").map(text).unwrap_or_default();
+    line(
+        "deployed",
+        field("deployed").map_or("nothing yet".into(), |d| {
+            format!(
+                "build {} ({hydra}/build/{}) at {}\n{:16}{}",
+                d["build"],
+                d["build"],
+                text(&d["at"]),
+                "",
+                text(&d["path"])
+            )
+        }),
+    );
+    for key in ["running", "pending"] {
+        line(
+            key,
+            field(key).map_or("none".into(), |j| {
+                format!("build {} from {}", j["build"], text(&j["source"]))
+            }),
+        );
+    }
+    line(
+        "last attempt",
+        field("last_attempt").map_or("none".into(), describe_attempt),
+    );
+    line("next poll", field("next_poll").map_or("none".into(), text));
+    out
+}
+
+fn describe_attempt(a: &Value) -> String {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let mut s = format!(
+        "build {} from {}: {} (reboot {}), {} → {}",
+        a["build"],
+        text(&a["source"]),
+        text(&a["outcome"]),
+        text(&a["reboot"]),
+        text(&a["started_at"]),
+        text(&a["finished_at"])
+    );
+    if let Some(error) = a.get("error").filter(|e| !e.is_null()) {
+        s.push_str(&format!("\n{:16}error: {}", "", text(error)));
+    }
+    s
+}

@@ -1,0 +1,514 @@
+//! The agent's TOML config file turned into validated `Settings` (SPEC §3).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::health::HealthChecksConfig;
+
+/// Largest allowed upgrade request body (SPEC §4).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    Switch,
+    Boot,
+    Test,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Switch => "switch",
+            Operation::Boot => "boot",
+            Operation::Test => "test",
+        }
+    }
+
+    /// `switch` and `test` change the running system; `boot` only the next boot.
+    pub fn is_live(self) -> bool {
+        !matches!(self, Operation::Boot)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    StorePath,
+    Flake,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A wall-clock time of day, minutes since midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeOfDay(pub u16);
+
+impl TimeOfDay {
+    pub fn parse(text: &str) -> Option<TimeOfDay> {
+        let (h, m) = text.split_once(':')?;
+        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+            return None;
+        }
+        let h: u16 = h.parse().ok()?;
+        let m: u16 = m.parse().ok()?;
+        (h < 24 && m < 60).then_some(TimeOfDay(h * 60 + m))
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        TimeOfDay::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("\"{text}\" is not a time HH:MM")))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebootWindow {
+    pub lower: TimeOfDay,
+    pub upper: TimeOfDay,
+}
+
+impl RebootWindow {
+    /// Whether `now` lies in the window; `lower > upper` spans midnight.
+    pub fn contains(&self, now: TimeOfDay) -> bool {
+        if self.lower.0 <= self.upper.0 {
+            self.lower.0 <= now.0 && now.0 <= self.upper.0
+        } else {
+            now.0 >= self.lower.0 || now.0 <= self.upper.0
+        }
+    }
+}
+
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "{addr}"),
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HydraConfig {
+    pub instance: String,
+    pub project: String,
+    pub jobset: String,
+    #[serde(default)]
+    pub job: Option<String>,
+    #[serde(default = "default_hydra_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemConfig {
+    pub nixos_rebuild: String,
+    pub reboot_command: Vec<String>,
+    pub current_system: PathBuf,
+    pub booted_system: PathBuf,
+    pub system_profile: PathBuf,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            nixos_rebuild: "nixos-rebuild".into(),
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
+            current_system: "/run/current-system".into(),
+            booted_system: "/run/booted-system".into(),
+            system_profile: "/nix/var/nix/profiles/system".into(),
+        }
+    }
+}
+
+/// The file as written; `Settings::from_file` validates it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: Option<String>,
+    #[serde(default = "default_operation")]
+    operation: Operation,
+    #[serde(default = "default_activation")]
+    activation: Activation,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    allow_reboot: bool,
+    #[serde(default)]
+    reboot_window: Option<RebootWindow>,
+    #[serde(default = "default_activation_timeout", with = "humantime_serde")]
+    activation_timeout: Duration,
+    #[serde(default = "default_dates")]
+    dates: String,
+    #[serde(default, with = "humantime_serde")]
+    randomized_delay: Duration,
+    #[serde(default = "default_true")]
+    persistent: bool,
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default = "default_tolerance", with = "humantime_serde")]
+    signature_tolerance: Duration,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default = "default_log_format")]
+    log_format: LogFormat,
+    hydra: HydraConfig,
+    #[serde(default)]
+    health_checks: HealthChecksConfig,
+    #[serde(default)]
+    system: SystemConfig,
+}
+
+/// Validated settings; every field has its final value.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub operation: Operation,
+    pub activation: Activation,
+    pub flags: Vec<String>,
+    pub allow_reboot: bool,
+    pub reboot_window: Option<RebootWindow>,
+    pub activation_timeout: Duration,
+    pub dates: String,
+    pub randomized_delay: Duration,
+    pub persistent: bool,
+    pub listen: Listen,
+    pub secret_file: Option<PathBuf>,
+    pub signature_tolerance: Duration,
+    pub state_dir: PathBuf,
+    pub dry_run: bool,
+    pub log_format: LogFormat,
+    /// `hydra.instance` without a trailing slash.
+    pub hydra_instance: String,
+    pub hydra_project: String,
+    pub hydra_jobset: String,
+    pub hydra_job: String,
+    pub hydra_timeout: Duration,
+    pub health_checks: HealthChecksConfig,
+    pub system: SystemConfig,
+}
+
+fn default_operation() -> Operation {
+    Operation::Switch
+}
+fn default_activation() -> Activation {
+    Activation::StorePath
+}
+fn default_activation_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_dates() -> String {
+    "04:40".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_listen() -> String {
+    "127.0.0.1:9980".into()
+}
+fn default_tolerance() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/nixos-hydra-upgrade".into()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Json
+}
+fn default_hydra_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Settings {
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Settings::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+
+        let host = match raw.host {
+            Some(host) => host,
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .ok_or_else(|| invalid("host", "not set and the hostname is unreadable".into()))?,
+        };
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "host",
+                format!("\"{host}\" is not a flake attribute name (letters, digits, - _ .)"),
+            ));
+        }
+        let hydra = raw.hydra;
+        let instance = hydra.instance.trim_end_matches('/').to_owned();
+        match reqwest::Url::parse(&instance) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => {
+                return Err(invalid(
+                    "hydra.instance",
+                    format!("\"{}\" is not an http(s) URL", hydra.instance),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("hydra.project", &hydra.project),
+            ("hydra.jobset", &hydra.jobset),
+        ] {
+            check_name(value).map_err(|m| invalid(key, m))?;
+        }
+        let job = hydra.job.unwrap_or_else(|| host.clone());
+        check_name(&job).map_err(|m| invalid("hydra.job", m))?;
+        if hydra.timeout.is_zero() {
+            return Err(invalid("hydra.timeout", "must be more than 0s".into()));
+        }
+        if raw.activation_timeout.is_zero() {
+            return Err(invalid("activation_timeout", "must be more than 0s".into()));
+        }
+        if raw.signature_tolerance.is_zero() {
+            return Err(invalid(
+                "signature_tolerance",
+                "must be more than 0s".into(),
+            ));
+        }
+        let listen = parse_listen(&raw.listen).map_err(|m| invalid("listen", m))?;
+        if raw.flags.iter().any(|f| f.is_empty()) {
+            return Err(invalid("flags", "an empty argument is not allowed".into()));
+        }
+        if raw.system.nixos_rebuild.is_empty() {
+            return Err(invalid("system.nixos_rebuild", "must not be empty".into()));
+        }
+        if raw
+            .system
+            .reboot_command
+            .first()
+            .is_none_or(|c| c.is_empty())
+        {
+            return Err(invalid("system.reboot_command", "needs a program".into()));
+        }
+        if raw.reboot_window.is_some() && !raw.allow_reboot {
+            return Err(invalid(
+                "reboot_window",
+                "is set but allow_reboot is false; set allow_reboot = true or remove it".into(),
+            ));
+        }
+        crate::schedule::validate_dates(&raw.dates).map_err(|m| invalid("dates", m))?;
+        raw.health_checks
+            .validate()
+            .map_err(|e| invalid("health_checks", e.to_string()))?;
+
+        Ok(Settings {
+            host,
+            operation: raw.operation,
+            activation: raw.activation,
+            flags: raw.flags,
+            allow_reboot: raw.allow_reboot,
+            reboot_window: raw.reboot_window,
+            activation_timeout: raw.activation_timeout,
+            dates: raw.dates,
+            randomized_delay: raw.randomized_delay,
+            persistent: raw.persistent,
+            listen,
+            secret_file: raw.secret_file,
+            signature_tolerance: raw.signature_tolerance,
+            state_dir: raw.state_dir,
+            dry_run: raw.dry_run,
+            log_format: raw.log_format,
+            hydra_instance: instance,
+            hydra_project: hydra.project,
+            hydra_jobset: hydra.jobset,
+            hydra_job: job,
+            hydra_timeout: hydra.timeout,
+            health_checks: raw.health_checks,
+            system: raw.system,
+        })
+    }
+
+    /// The Hydra page of a build, for people and logs.
+    pub fn build_url(&self, build: u64) -> String {
+        format!("{}/build/{build}", self.hydra_instance)
+    }
+}
+
+/// Hydra project, jobset and job names go into URL paths: keep them to Hydra's own alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{name}\" is not a Hydra name (letters, digits, - _ .)"
+        ))
+    }
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        return if path.starts_with('/') {
+            Ok(Listen::Unix(path.into()))
+        } else {
+            Err(format!("\"{text}\": a unix socket path must be absolute"))
+        };
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("\"{text}\" is not host:port or unix:/path"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("\"{text}\" is not host:port or unix:/path"));
+    }
+    Ok(Listen::Tcp(text.to_owned()))
+}
+
+/// toml's messages span several lines with a source excerpt; keep the errors to one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "[hydra]\ninstance = \"https://hydra.example.com/\"\nproject = \"p\"\njobset = \"main\"\n";
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_takes_spec_defaults() {
+        let s = parse(&format!("host = \"web1\"\n{MINIMAL}")).unwrap();
+        assert_eq!(s.hydra_instance, "https://hydra.example.com");
+        assert_eq!(s.hydra_job, "web1");
+        assert_eq!(s.operation, Operation::Switch);
+        assert_eq!(s.activation, Activation::StorePath);
+        assert_eq!(s.listen, Listen::Tcp("127.0.0.1:9980".into()));
+        assert_eq!(s.signature_tolerance, Duration::from_secs(300));
+        assert_eq!(s.activation_timeout, Duration::from_secs(3600));
+        assert_eq!(s.dates, "04:40");
+        assert!(s.persistent && !s.allow_reboot && !s.dry_run);
+        assert_eq!(s.system.reboot_command, ["systemctl", "reboot"]);
+    }
+
+    #[test]
+    fn rejections_name_the_key() {
+        let cases = [
+            ("bogus = 1\n", "bogus"),
+            ("operation = \"dance\"\n", "dance"),
+            ("listen = \"9980\"\n", "listen"),
+            ("listen = \"unix:relative\"\n", "listen"),
+            ("activation_timeout = \"forever\"\n", "activation_timeout"),
+            (
+                "reboot_window = { lower = \"25:00\", upper = \"01:00\" }\nallow_reboot = true\n",
+                "25:00",
+            ),
+            (
+                "reboot_window = { lower = \"01:00\", upper = \"02:00\" }\n",
+                "reboot_window",
+            ),
+            ("host = \"a b\"\n", "host"),
+            ("flags = [\"\"]\n", "flags"),
+        ];
+        for (extra, needle) in cases {
+            let err = parse(&format!("{extra}{MINIMAL}")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let err = parse(
+            "host = \"x\"\n[hydra]\ninstance = \"ftp://x\"\nproject = \"p\"\njobset = \"j\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("hydra.instance"), "{err}");
+        let err = parse("[hydra]\ninstance = \"https://x\"\nproject = \"p\"\n").unwrap_err();
+        assert!(err.to_string().contains("jobset"), "{err}");
+    }
+
+    #[test]
+    fn reboot_window_spans_midnight() {
+        let w = RebootWindow {
+            lower: TimeOfDay::parse("23:00").unwrap(),
+            upper: TimeOfDay::parse("02:00").unwrap(),
+        };
+        for (t, inside) in [
+            ("23:30", true),
+            ("00:00", true),
+            ("02:00", true),
+            ("02:01", false),
+            ("12:00", false),
+        ] {
+            assert_eq!(w.contains(TimeOfDay::parse(t).unwrap()), inside, "{t}");
+        }
+        let day = RebootWindow {
+            lower: TimeOfDay::parse("01:00").unwrap(),
+            upper: TimeOfDay::parse("05:00").unwrap(),
+        };
+        assert!(day.contains(TimeOfDay::parse("04:59").unwrap()));
+        assert!(!day.contains(TimeOfDay::parse("05:01").unwrap()));
+    }
+}

@@ -1,0 +1,347 @@
+//! Standard Webhooks v1 signatures: signing, and constant-time verification over the raw body.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::path::Path;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// More signature entries than this in one header are not looked at (bounds the work per request).
+const MAX_SIGNATURES: usize = 8;
+/// Header values longer than this are rejected before any decoding.
+const MAX_HEADER_LEN: usize = 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("cannot read secret file {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("secret file line {line}: expected whsec_<base64 key>")]
+    Malformed { line: usize },
+    #[error("secret file holds no key")]
+    Empty,
+}
+
+/// Why a request's signature was not accepted; every variant answers 401.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("missing header {0}")]
+    Missing(&'static str),
+    #[error("malformed header {0}")]
+    Malformed(&'static str),
+    #[error("timestamp {0} is outside the tolerance window")]
+    Stale(i64),
+    #[error("no signature matches")]
+    NoMatch,
+}
+
+/// The keys of a secret file, newest first: signing uses the first, verifying accepts any.
+#[derive(Clone)]
+pub struct Keys(Vec<Vec<u8>>);
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({} redacted)", self.0.len())
+    }
+}
+
+impl Keys {
+    pub fn parse(text: &str) -> Result<Keys, KeyError> {
+        let mut keys = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = line
+                .strip_prefix("whsec_")
+                .and_then(|b64| STANDARD.decode(b64).ok())
+                .filter(|k| !k.is_empty())
+                .ok_or(KeyError::Malformed { line: index + 1 })?;
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(Keys(keys))
+    }
+
+    pub fn load(path: &Path) -> Result<Keys, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Keys::parse(&text)
+    }
+
+    /// The `webhook-signature` header value for a message, made with the first key.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let key = self.0.first().map(Vec::as_slice).unwrap_or_default();
+        let tag = mac(key, id, timestamp, body).finalize().into_bytes();
+        format!("v1,{}", STANDARD.encode(tag))
+    }
+
+    /// Checks the three Standard Webhooks headers against `body` at time `now` (Unix seconds).
+    pub fn verify(
+        &self,
+        headers: &Headers<'_>,
+        body: &[u8],
+        now: i64,
+        tolerance_secs: u64,
+    ) -> Result<(), VerifyError> {
+        let id = headers.id.ok_or(VerifyError::Missing("webhook-id"))?;
+        if !is_valid_id(id) {
+            return Err(VerifyError::Malformed("webhook-id"));
+        }
+        let ts_text = headers
+            .timestamp
+            .ok_or(VerifyError::Missing("webhook-timestamp"))?;
+        let timestamp =
+            parse_timestamp(ts_text).ok_or(VerifyError::Malformed("webhook-timestamp"))?;
+        let signatures = headers
+            .signature
+            .ok_or(VerifyError::Missing("webhook-signature"))?;
+        if signatures.len() > MAX_HEADER_LEN {
+            return Err(VerifyError::Malformed("webhook-signature"));
+        }
+        let tolerance = i64::try_from(tolerance_secs).unwrap_or(i64::MAX);
+        if timestamp.abs_diff(now) > tolerance.unsigned_abs() {
+            return Err(VerifyError::Stale(timestamp));
+        }
+        let candidates: Vec<Vec<u8>> = signatures
+            .split(' ')
+            .filter_map(|entry| entry.strip_prefix("v1,"))
+            .filter_map(|b64| STANDARD.decode(b64).ok())
+            .filter(|tag| tag.len() == 32)
+            .take(MAX_SIGNATURES)
+            .collect();
+        if candidates.is_empty() {
+            return Err(VerifyError::Malformed("webhook-signature"));
+        }
+        let mut matched = false;
+        for key in &self.0 {
+            let base = mac(key, id, timestamp, body);
+            for tag in &candidates {
+                // verify_slice compares in constant time; keep looping so timing says nothing.
+                matched |= base.clone().verify_slice(tag).is_ok();
+            }
+        }
+        if matched {
+            Ok(())
+        } else {
+            Err(VerifyError::NoMatch)
+        }
+    }
+}
+
+/// The three header values as received (None when absent or not text).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Headers<'a> {
+    pub id: Option<&'a str>,
+    pub timestamp: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+/// `[A-Za-z0-9_-]{1,128}` (SPEC §4).
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn parse_timestamp(text: &str) -> Option<i64> {
+    if text.is_empty() || text.len() > 12 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length, so this cannot fail; fall back to an empty key regardless.
+    let mut mac = HmacSha256::new_from_slice(key)
+        .unwrap_or_else(|_| <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default()));
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// A fresh `whsec_` secret line with 32 random bytes.
+pub fn generate_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("whsec_{}", STANDARD.encode(bytes))
+}
+
+/// A fresh random `webhook-id`.
+pub fn generate_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const ID: &str = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
+    const TS: i64 = 1649367553;
+    const BODY: &[u8] = br#"{"email":"test@example.com","username":"test_user"}"#;
+    const EXPECTED: &str = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+
+    fn headers<'a>(id: &'a str, ts: &'a str, sig: &'a str) -> Headers<'a> {
+        Headers {
+            id: Some(id),
+            timestamp: Some(ts),
+            signature: Some(sig),
+        }
+    }
+
+    #[test]
+    fn matches_the_published_vector() {
+        let keys = Keys::parse(SECRET).unwrap();
+        assert_eq!(keys.sign(ID, TS, BODY), EXPECTED);
+        assert_eq!(
+            keys.verify(&headers(ID, "1649367553", EXPECTED), BODY, TS, 300),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn verification_table() {
+        let other = generate_secret();
+        let rotated = Keys::parse(&format!("{other}\n\n# old key\n{SECRET}\n")).unwrap();
+        let only_other = Keys::parse(&other).unwrap();
+        let keys = Keys::parse(SECRET).unwrap();
+        let ts = "1649367553";
+        let two = format!("v1,AAAA v1,{} {EXPECTED}", "A".repeat(43) + "=");
+        type Case<'a> = (&'a Keys, Headers<'a>, &'a [u8], i64, Result<(), VerifyError>);
+        let cases: Vec<Case> = vec![
+            (&rotated, headers(ID, ts, EXPECTED), BODY, TS, Ok(())),
+            (&keys, headers(ID, ts, &two), BODY, TS, Ok(())),
+            (
+                &only_other,
+                headers(ID, ts, EXPECTED),
+                BODY,
+                TS,
+                Err(VerifyError::NoMatch),
+            ),
+            (
+                &keys,
+                headers(ID, ts, EXPECTED),
+                b"{}",
+                TS,
+                Err(VerifyError::NoMatch),
+            ),
+            (
+                &keys,
+                headers("msg_other", ts, EXPECTED),
+                BODY,
+                TS,
+                Err(VerifyError::NoMatch),
+            ),
+            (
+                &keys,
+                headers(ID, ts, EXPECTED),
+                BODY,
+                TS + 301,
+                Err(VerifyError::Stale(TS)),
+            ),
+            (
+                &keys,
+                headers(ID, ts, EXPECTED),
+                BODY,
+                TS - 301,
+                Err(VerifyError::Stale(TS)),
+            ),
+            (&keys, headers(ID, ts, EXPECTED), BODY, TS + 300, Ok(())),
+            (
+                &keys,
+                headers(ID, "-5", EXPECTED),
+                BODY,
+                TS,
+                Err(VerifyError::Malformed("webhook-timestamp")),
+            ),
+            (
+                &keys,
+                headers(ID, "1e9", EXPECTED),
+                BODY,
+                TS,
+                Err(VerifyError::Malformed("webhook-timestamp")),
+            ),
+            (
+                &keys,
+                headers("bad id!", ts, EXPECTED),
+                BODY,
+                TS,
+                Err(VerifyError::Malformed("webhook-id")),
+            ),
+            (
+                &keys,
+                headers(ID, ts, "v2,abc"),
+                BODY,
+                TS,
+                Err(VerifyError::Malformed("webhook-signature")),
+            ),
+            (
+                &keys,
+                headers(ID, ts, "v1,not-base64!"),
+                BODY,
+                TS,
+                Err(VerifyError::Malformed("webhook-signature")),
+            ),
+            (
+                &keys,
+                Headers {
+                    id: None,
+                    ..headers(ID, ts, EXPECTED)
+                },
+                BODY,
+                TS,
+                Err(VerifyError::Missing("webhook-id")),
+            ),
+            (
+                &keys,
+                Headers {
+                    signature: None,
+                    ..headers(ID, ts, EXPECTED)
+                },
+                BODY,
+                TS,
+                Err(VerifyError::Missing("webhook-signature")),
+            ),
+        ];
+        for (i, (keys, h, body, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(keys.verify(&h, body, now, 300), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn key_file_errors() {
+        assert_eq!(Keys::parse("").unwrap_err(), KeyError::Empty);
+        assert_eq!(Keys::parse("# none\n").unwrap_err(), KeyError::Empty);
+        assert_eq!(
+            Keys::parse("secret\n").unwrap_err(),
+            KeyError::Malformed { line: 1 }
+        );
+        assert_eq!(
+            Keys::parse(&format!("{SECRET}\nwhsec_!!\n")).unwrap_err(),
+            KeyError::Malformed { line: 2 }
+        );
+        assert!(!format!("{:?}", Keys::parse(SECRET).unwrap()).contains("C2FV"));
+    }
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_id(&generate_id()));
+        assert!(is_valid_id(&"a".repeat(128)));
+        assert!(!is_valid_id(&"a".repeat(129)));
+        assert!(!is_valid_id(""));
+        assert!(Keys::parse(&generate_secret()).is_ok());
+    }
+}

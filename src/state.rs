@@ -1,0 +1,304 @@
+//! What the agent remembers across restarts (`state.json`, SPEC §7), and the lock that keeps it to one agent.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::health::CheckResult;
+
+/// How many attempts `history` keeps.
+pub const HISTORY_LEN: usize = 20;
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Hydra,
+    Manual,
+    Schedule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Upgraded,
+    Current,
+    Unhealthy,
+    Failed,
+    RolledBack,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Upgraded,
+        Outcome::Current,
+        Outcome::Unhealthy,
+        Outcome::Failed,
+        Outcome::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Upgraded => "upgraded",
+            Outcome::Current => "current",
+            Outcome::Unhealthy => "unhealthy",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled-back",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reboot {
+    None,
+    Scheduled,
+    Deferred,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub build: u64,
+    pub path: String,
+    pub at: Timestamp,
+}
+
+/// An attempt that reached activation; written before the first command runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub build: u64,
+    pub path: String,
+    pub source: Source,
+    pub started_at: Timestamp,
+    /// What `current_system` pointed to before, for rollback and for settling after a crash.
+    #[serde(default)]
+    pub previous_system: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub build: u64,
+    #[serde(default)]
+    pub path: Option<String>,
+    pub source: Source,
+    pub outcome: Outcome,
+    pub reboot: Reboot,
+    pub error: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    #[serde(default)]
+    pub checks: Vec<CheckResult>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedState {
+    #[serde(default)]
+    pub deployed: Option<Deployed>,
+    #[serde(default)]
+    pub in_flight: Option<InFlight>,
+    /// Newest first, at most `HISTORY_LEN`.
+    #[serde(default)]
+    pub history: VecDeque<Attempt>,
+    #[serde(default)]
+    pub last_poll: Option<Timestamp>,
+    /// Builds whose post-checks failed and were rolled back: never retried without force.
+    #[serde(default)]
+    pub rolled_back: Vec<u64>,
+}
+
+impl PersistedState {
+    pub fn record(&mut self, attempt: Attempt) {
+        self.history.push_front(attempt);
+        self.history.truncate(HISTORY_LEN);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another nixos-hydra-upgrade agent holds {0}; stop it first or give this one another state_dir"
+    )]
+    Locked(PathBuf),
+}
+
+/// What `open` found on disk, for the start-up log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loaded {
+    Fresh,
+    Existing,
+    /// The file was unreadable and moved to this path; the agent starts from nothing.
+    MovedAside {
+        to: PathBuf,
+        reason: String,
+    },
+}
+
+/// The state file, its lock, and the state in memory; every change is written before it is visible.
+pub struct StateStore {
+    dir: PathBuf,
+    state: Mutex<PersistedState>,
+    _lock: File,
+}
+
+impl StateStore {
+    pub fn open(dir: &Path) -> Result<(StateStore, Loaded), StateError> {
+        let io = |source| StateError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StateError::Locked(lock_path)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let path = dir.join(STATE_FILE);
+        let (state, loaded) = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (PersistedState::default(), Loaded::Fresh)
+            }
+            Err(e) => return Err(io(e)),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(state) => (state, Loaded::Existing),
+                Err(e) => {
+                    let to = dir.join(format!(
+                        "{STATE_FILE}.corrupt-{}",
+                        Timestamp::now().as_second()
+                    ));
+                    std::fs::rename(&path, &to).map_err(io)?;
+                    let reason = e.to_string();
+                    (PersistedState::default(), Loaded::MovedAside { to, reason })
+                }
+            },
+        };
+        let store = StateStore {
+            dir: dir.to_owned(),
+            state: Mutex::new(state),
+            _lock: lock,
+        };
+        Ok((store, loaded))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PersistedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn snapshot(&self) -> PersistedState {
+        self.lock().clone()
+    }
+
+    /// Applies `change` and writes the result; on a write error memory keeps the old state.
+    pub fn update(&self, change: impl FnOnce(&mut PersistedState)) -> Result<(), StateError> {
+        let mut guard = self.lock();
+        let mut next = guard.clone();
+        change(&mut next);
+        write_atomically(&self.dir, &next).map_err(|source| StateError::Io {
+            path: self.dir.join(STATE_FILE),
+            source,
+        })?;
+        *guard = next;
+        Ok(())
+    }
+}
+
+/// Write a temp file, fsync it, rename it over the old one, fsync the directory.
+fn write_atomically(dir: &Path, state: &PersistedState) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Now, to the second (fractions only clutter the status).
+pub fn now() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn attempt(build: u64) -> Attempt {
+        Attempt {
+            build,
+            path: None,
+            source: Source::Hydra,
+            outcome: Outcome::Upgraded,
+            reboot: Reboot::None,
+            error: None,
+            started_at: now(),
+            finished_at: now(),
+            checks: vec![],
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_keeps_history_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, loaded) = StateStore::open(dir.path()).unwrap();
+            assert_eq!(loaded, Loaded::Fresh);
+            for build in 1..=25 {
+                store.update(|s| s.record(attempt(build))).unwrap();
+            }
+            store
+                .update(|s| {
+                    s.deployed = Some(Deployed {
+                        build: 25,
+                        path: "/nix/store/x".into(),
+                        at: now(),
+                    })
+                })
+                .unwrap();
+        }
+        let (store, loaded) = StateStore::open(dir.path()).unwrap();
+        assert_eq!(loaded, Loaded::Existing);
+        let state = store.snapshot();
+        assert_eq!(state.history.len(), HISTORY_LEN);
+        assert_eq!(state.history.front().unwrap().build, 25);
+        assert_eq!(state.deployed.unwrap().build, 25);
+    }
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = StateStore::open(dir.path()).unwrap();
+        let err = StateStore::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StateError::Locked(_)), "{err}");
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{\"deployed\": {\"bui").unwrap();
+        let (store, loaded) = StateStore::open(dir.path()).unwrap();
+        let Loaded::MovedAside { to, .. } = loaded else {
+            panic!("expected MovedAside, got {loaded:?}");
+        };
+        assert!(to.exists());
+        assert_eq!(store.snapshot(), PersistedState::default());
+    }
+}

@@ -1,0 +1,149 @@
+//! The nixos-rebuild (and reboot) command lines of SPEC §6, as data, and the sequence that runs them.
+
+use crate::config::{Activation, Operation, Settings};
+use crate::hydra::Target;
+use crate::state::Reboot;
+
+use super::Phase;
+use super::reboot::{self, Plan};
+use super::runner::{CommandRunner, RunError};
+
+/// `--store-path <out>` or `--flake <flake>#<host>`.
+pub fn target_args(settings: &Settings, target: &Target) -> Vec<String> {
+    match (settings.activation, &target.flake) {
+        (Activation::Flake, Some(flake)) => {
+            vec!["--flake".into(), format!("{flake}#{}", settings.host)]
+        }
+        _ => vec!["--store-path".into(), target.path.clone()],
+    }
+}
+
+/// `nixos-rebuild <operation> <target> <flags>`.
+pub fn rebuild_argv(settings: &Settings, operation: Operation, target: &Target) -> Vec<String> {
+    let mut argv = vec![
+        settings.system.nixos_rebuild.clone(),
+        operation.as_str().into(),
+    ];
+    argv.extend(target_args(settings, target));
+    argv.extend(settings.flags.iter().cloned());
+    argv
+}
+
+/// What the activation left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activated {
+    pub reboot: Reboot,
+    /// The new system is running now (a live switch or test happened).
+    pub live: bool,
+}
+
+/// Runs the commands of SPEC §6 for `target`.
+pub async fn activate(
+    settings: &Settings,
+    runner: &CommandRunner,
+    target: &Target,
+    set_phase: impl Fn(Phase),
+) -> Result<Activated, RunError> {
+    let operation = settings.operation;
+    if !settings.allow_reboot {
+        runner
+            .run(&rebuild_argv(settings, operation, target))
+            .await?;
+        return Ok(Activated {
+            reboot: Reboot::None,
+            live: operation.is_live(),
+        });
+    }
+    runner
+        .run(&rebuild_argv(settings, Operation::Boot, target))
+        .await?;
+    let differ = reboot::boot_files_differ(
+        &settings.system.booted_system,
+        &settings.system.system_profile,
+    );
+    match reboot::plan(differ, settings.reboot_window, reboot::local_time_of_day()) {
+        Plan::NoReboot if operation.is_live() => {
+            runner
+                .run(&rebuild_argv(settings, operation, target))
+                .await?;
+            Ok(Activated {
+                reboot: Reboot::None,
+                live: true,
+            })
+        }
+        Plan::NoReboot => Ok(Activated {
+            reboot: Reboot::None,
+            live: false,
+        }),
+        Plan::RebootNow => {
+            tracing::info!("kernel, initrd or modules changed: rebooting");
+            set_phase(Phase::Rebooting);
+            runner.run(&settings.system.reboot_command).await?;
+            Ok(Activated {
+                reboot: Reboot::Scheduled,
+                live: false,
+            })
+        }
+        Plan::Defer => {
+            tracing::info!(
+                "kernel, initrd or modules changed: reboot deferred to the reboot window"
+            );
+            Ok(Activated {
+                reboot: Reboot::Deferred,
+                live: false,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn settings(extra: &str) -> Settings {
+        let text = format!(
+            "host = \"web1\"\nflags = [\"--option\", \"cores\", \"2\"]\n{extra}\n[hydra]\ninstance = \"http://h\"\nproject = \"p\"\njobset = \"j\"\n"
+        );
+        Settings::from_toml(&text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn argv_for_each_activation_and_operation() {
+        let target = Target {
+            build: 7,
+            path: "/nix/store/abc-nixos-system-web1".into(),
+            flake: Some("github:acme/infra/0123".into()),
+        };
+        let store = settings("");
+        let flake = settings("activation = \"flake\"");
+        for op in [Operation::Switch, Operation::Boot, Operation::Test] {
+            let name = op.as_str();
+            assert_eq!(
+                rebuild_argv(&store, op, &target),
+                [
+                    "nixos-rebuild",
+                    name,
+                    "--store-path",
+                    "/nix/store/abc-nixos-system-web1",
+                    "--option",
+                    "cores",
+                    "2"
+                ]
+            );
+            assert_eq!(
+                rebuild_argv(&flake, op, &target),
+                [
+                    "nixos-rebuild",
+                    name,
+                    "--flake",
+                    "github:acme/infra/0123#web1",
+                    "--option",
+                    "cores",
+                    "2"
+                ]
+            );
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The one worker: takes the queued job, runs pre-checks, activation and post-checks, and records
+//! the attempt.
+
+pub mod activate;
+pub mod reboot;
+pub mod runner;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::app::Agent;
+use crate::health::CheckResult;
+use crate::queue::Job;
+use crate::state::{Attempt, Deployed, InFlight, Outcome, Reboot, now};
+use runner::{CommandRunner, RunError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Idle,
+    Verifying,
+    Checking,
+    Activating,
+    Rebooting,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Idle,
+        Phase::Verifying,
+        Phase::Checking,
+        Phase::Activating,
+        Phase::Rebooting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Verifying => "verifying",
+            Phase::Checking => "checking",
+            Phase::Activating => "activating",
+            Phase::Rebooting => "rebooting",
+        }
+    }
+}
+
+/// The worker's phase and since when it is in it.
+pub struct PhaseCell(Mutex<(Phase, Timestamp)>);
+
+impl Default for PhaseCell {
+    fn default() -> Self {
+        PhaseCell(Mutex::new((Phase::Idle, now())))
+    }
+}
+
+impl PhaseCell {
+    pub fn set(&self, phase: Phase) {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.0 != phase {
+            *guard = (phase, now());
+            tracing::info!(phase = phase.as_str(), "phase");
+        }
+    }
+
+    pub fn get(&self) -> (Phase, Timestamp) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Takes jobs until `shutdown`; an attempt cut short by shutdown stays in flight for the next start.
+pub async fn run_worker(agent: std::sync::Arc<Agent>, shutdown: CancellationToken) {
+    loop {
+        let job = tokio::select! {
+            job = agent.queue.next() => job,
+            () = shutdown.cancelled() => return,
+        };
+        let span = tracing::info_span!("attempt", build = job.target.build);
+        let interrupted = run_attempt(&agent, &job, &shutdown).instrument(span).await;
+        if interrupted {
+            return;
+        }
+    }
+}
+
+/// One attempt from pre-checks to the record; true when shutdown interrupted it.
+async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> bool {
+    let settings = &agent.settings;
+    let target = &job.target;
+    let clock = Instant::now();
+    let mut record = Attempt {
+        build: target.build,
+        path: Some(target.path.clone()),
+        source: job.source,
+        outcome: Outcome::Failed,
+        reboot: Reboot::None,
+        error: None,
+        started_at: now(),
+        finished_at: now(),
+        checks: Vec::new(),
+    };
+    tracing::info!(path = %target.path, source = ?job.source, force = job.force, "attempt started");
+
+    agent.phase.set(Phase::Checking);
+    let pre = crate::health::run_phase(
+        &settings.health_checks.pre_checks(),
+        settings.health_checks.deadline,
+    )
+    .await;
+    let failed = first_failure("pre-check", &pre);
+    record.checks = pre;
+    if let Some(error) = failed {
+        record.outcome = Outcome::Unhealthy;
+        record.error = Some(error);
+        finish(agent, record, clock);
+        return false;
+    }
+
+    let previous_system =
+        resolve_link(&settings.system.current_system).map(|p| p.display().to_string());
+    let on_host = if settings.operation.is_live() {
+        previous_system.clone()
+    } else {
+        resolve_link(&settings.system.system_profile).map(|p| p.display().to_string())
+    };
+    if !job.force && !settings.dry_run && on_host.as_deref() == Some(target.path.as_str()) {
+        tracing::info!("the host already runs this system; nothing to activate");
+        record.outcome = Outcome::Current;
+        finish(agent, record, clock);
+        return false;
+    }
+
+    let marker = InFlight {
+        build: target.build,
+        path: target.path.clone(),
+        source: job.source,
+        started_at: record.started_at,
+        previous_system,
+    };
+    if let Err(e) = agent.store.update(|s| s.in_flight = Some(marker)) {
+        record.error = Some(format!(
+            "not activating: cannot record the attempt first: {e}"
+        ));
+        finish(agent, record, clock);
+        return false;
+    }
+
+    agent.phase.set(Phase::Activating);
+    let runner = CommandRunner {
+        timeout: settings.activation_timeout,
+        dry_run: settings.dry_run,
+        cancel: shutdown.child_token(),
+    };
+    match activate::activate(settings, &runner, target, |p| agent.phase.set(p)).await {
+        Ok(done) => {
+            record.outcome = Outcome::Upgraded;
+            record.reboot = done.reboot;
+        }
+        Err(RunError::Cancelled { .. }) => {
+            tracing::warn!(
+                "agent stopping during activation; the attempt is settled at the next start"
+            );
+            return true;
+        }
+        Err(e) => record.error = Some(e.to_string()),
+    }
+    finish(agent, record, clock);
+    false
+}
+
+/// "pre-check gateway (icmp) failed: no reply within 5s", for the first failed check.
+fn first_failure(phase: &str, results: &[CheckResult]) -> Option<String> {
+    results
+        .iter()
+        .find(|r| !r.passed)
+        .map(|r| format!("{phase} {} ({}) failed: {}", r.name, r.kind, r.detail))
+}
+
+/// Records the attempt, moves `deployed` on success, clears the in-flight marker, frees the queue.
+fn finish(agent: &Agent, mut record: Attempt, clock: Instant) {
+    agent.phase.set(Phase::Idle);
+    record.finished_at = now();
+    let deployed =
+        matches!(record.outcome, Outcome::Upgraded | Outcome::Current).then(|| Deployed {
+            build: record.build,
+            path: record.path.clone().unwrap_or_default(),
+            at: record.finished_at,
+        });
+    let rolled_back = (record.outcome == Outcome::RolledBack).then_some(record.build);
+    let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match &record.error {
+        None => {
+            tracing::info!(outcome = record.outcome.as_str(), reboot = ?record.reboot, duration_ms, "attempt finished")
+        }
+        Some(error) => {
+            tracing::warn!(outcome = record.outcome.as_str(), error = %error, duration_ms, "attempt finished")
+        }
+    }
+    agent.metrics.attempt_finished(&record);
+    let saved = agent.store.update(|s| {
+        if let Some(d) = deployed.clone() {
+            s.deployed = Some(d);
+        }
+        if let Some(build) = rolled_back {
+            s.rolled_back.push(build);
+        }
+        s.in_flight = None;
+        s.record(record);
+    });
+    if let Err(e) = saved {
+        tracing::error!(error = %e, "cannot save state; the attempt is remembered until the agent stops");
+    }
+    agent.queue.finish(deployed.map(|d| d.build), rolled_back);
+}
+
+/// Settles an attempt that a stop or crash interrupted, from what the host runs now.
+pub fn settle_interrupted(agent: &Agent) {
+    let Some(flight) = agent.store.snapshot().in_flight else {
+        return;
+    };
+    let system = &agent.settings.system;
+    let running = resolve_link(&system.current_system);
+    let profile = resolve_link(&system.system_profile);
+    let landed = [running, profile]
+        .iter()
+        .any(|p| p.as_deref() == Some(Path::new(&flight.path)));
+    let (outcome, error) = if landed {
+        (Outcome::Upgraded, None)
+    } else {
+        (
+            Outcome::Failed,
+            Some(
+                "interrupted: the agent stopped during activation and the system did not change"
+                    .to_owned(),
+            ),
+        )
+    };
+    tracing::warn!(
+        build = flight.build,
+        outcome = outcome.as_str(),
+        "settled an attempt interrupted by a restart"
+    );
+    let record = Attempt {
+        build: flight.build,
+        path: Some(flight.path),
+        source: flight.source,
+        outcome,
+        reboot: Reboot::None,
+        error,
+        started_at: flight.started_at,
+        finished_at: now(),
+        checks: Vec::new(),
+    };
+    finish(agent, record, Instant::now());
+}
+
+/// Follows a chain of symlinks (as `/nix/var/nix/profiles/system` is) without requiring the end
+/// to exist; None when `path` is not a symlink at all.
+pub fn resolve_link(path: &Path) -> Option<PathBuf> {
+    let mut current = std::fs::read_link(path).ok().map(|t| join_link(path, t))?;
+    for _ in 0..16 {
+        match std::fs::read_link(&current) {
+            Ok(next) => current = join_link(&current, next),
+            Err(_) => return Some(current),
+        }
+    }
+    None
+}
+
+fn join_link(link: &Path, target: PathBuf) -> PathBuf {
+    if target.is_absolute() {
+        target
+    } else {
+        link.parent()
+            .map_or(target.clone(), |dir| dir.join(&target))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn resolves_profile_chains_to_dangling_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("system");
+        symlink("system-42-link", &profile).unwrap();
+        symlink(
+            "/nix/store/abc-nixos-system-web1",
+            dir.path().join("system-42-link"),
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_link(&profile),
+            Some(PathBuf::from("/nix/store/abc-nixos-system-web1"))
+        );
+        assert_eq!(resolve_link(&dir.path().join("absent")), None);
+        let looped = dir.path().join("loop");
+        symlink(&looped, &looped).unwrap();
+        assert_eq!(resolve_link(&looped), None);
+    }
+}

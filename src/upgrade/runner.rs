@@ -1,0 +1,250 @@
+//! Runs one external command: no shell, output to the log line by line, killed with its process
+//! group when it outlives its timeout or the agent stops.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Longer output lines are cut here so one runaway line cannot fill memory.
+const MAX_LINE: usize = 8 * 1024;
+/// How long a killed command gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RunError {
+    #[error("{program}: cannot start: {message}")]
+    Spawn { program: String, message: String },
+    #[error("{program}: exited with status {code}")]
+    Exit { program: String, code: i32 },
+    #[error("{program}: killed by signal {signal}")]
+    Signal { program: String, signal: i32 },
+    #[error("{program}: still running after {after:?}, killed with its process group")]
+    Timeout { program: String, after: Duration },
+    #[error("{program}: interrupted because the agent is stopping")]
+    Cancelled { program: String },
+}
+
+#[derive(Clone)]
+pub struct CommandRunner {
+    pub timeout: Duration,
+    pub dry_run: bool,
+    pub cancel: CancellationToken,
+}
+
+impl CommandRunner {
+    /// Runs `argv` to completion; in dry-run mode only logs it.
+    pub async fn run(&self, argv: &[String]) -> Result<(), RunError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(RunError::Spawn {
+                program: String::new(),
+                message: "empty command".into(),
+            });
+        };
+        let command_line = argv.join(" ");
+        if self.dry_run {
+            tracing::info!(command = %command_line, "dry run: would run");
+            return Ok(());
+        }
+        tracing::info!(command = %command_line, "running");
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| RunError::Spawn {
+                program: program.clone(),
+                message: e.to_string(),
+            })?;
+        let group = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        let readers = [
+            child.stdout.take().map(|s| spawn_logger(s, "stdout")),
+            child.stderr.take().map(|s| spawn_logger(s, "stderr")),
+        ];
+        let result = tokio::select! {
+            status = child.wait() => match status {
+                Ok(status) => exit_result(program, status),
+                Err(e) => Err(RunError::Spawn { program: program.clone(), message: e.to_string() }),
+            },
+            () = tokio::time::sleep(self.timeout) => {
+                stop_group(group, &mut child).await;
+                Err(RunError::Timeout { program: program.clone(), after: self.timeout })
+            }
+            () = self.cancel.cancelled() => {
+                stop_group(group, &mut child).await;
+                Err(RunError::Cancelled { program: program.clone() })
+            }
+        };
+        for reader in readers.into_iter().flatten() {
+            // A grandchild may still hold the pipe open; don't wait for it forever.
+            if tokio::time::timeout(Duration::from_secs(2), reader)
+                .await
+                .is_err()
+            {
+                tracing::warn!(program = %program, "output still open after exit; stopped reading it");
+            }
+        }
+        result
+    }
+}
+
+fn exit_result(program: &str, status: std::process::ExitStatus) -> Result<(), RunError> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return Ok(());
+    }
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Err(RunError::Exit {
+            program: program.into(),
+            code,
+        }),
+        (None, Some(signal)) => Err(RunError::Signal {
+            program: program.into(),
+            signal,
+        }),
+        (None, None) => Err(RunError::Exit {
+            program: program.into(),
+            code: -1,
+        }),
+    }
+}
+
+/// SIGTERM to the whole group, SIGKILL after a grace period.
+async fn stop_group(group: Option<Pid>, child: &mut tokio::process::Child) {
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGTERM);
+        if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_ok() {
+            let _ = killpg(group, Signal::SIGKILL);
+            return;
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    let _ = child.kill().await;
+}
+
+fn spawn_logger(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    name: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(log_lines(stream, name).instrument(tracing::Span::current()))
+}
+
+/// Logs each line of `stream`, cutting lines at `MAX_LINE` bytes.
+async fn log_lines(mut stream: impl AsyncRead + Unpin, name: &'static str) {
+    let mut buffer = vec![0u8; 4096];
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    loop {
+        let n = match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &byte in buffer.iter().take(n) {
+            if byte == b'\n' {
+                emit(name, &line, cut);
+                line.clear();
+                cut = false;
+            } else if line.len() < MAX_LINE {
+                line.push(byte);
+            } else {
+                cut = true;
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(name, &line, cut);
+    }
+}
+
+fn emit(stream: &'static str, line: &[u8], cut: bool) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    if cut {
+        tracing::info!(stream, truncated = true, "{text}");
+    } else {
+        tracing::info!(stream, "{text}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn runner(timeout: Duration) -> CommandRunner {
+        CommandRunner {
+            timeout,
+            dry_run: false,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_missing_programs() {
+        let r = runner(Duration::from_secs(10));
+        assert_eq!(r.run(&argv(&["true"])).await, Ok(()));
+        let err = r
+            .run(&argv(&["sh", "-c", "echo out; echo err >&2; exit 4"]))
+            .await;
+        assert_eq!(
+            err,
+            Err(RunError::Exit {
+                program: "sh".into(),
+                code: 4
+            })
+        );
+        let missing = r
+            .run(&argv(&["/nonexistent/nixos-rebuild"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(missing, RunError::Spawn { .. }), "{missing}");
+        assert!(r.run(&[]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("grandchild-survived");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let started = std::time::Instant::now();
+        let err = runner(Duration::from_millis(300))
+            .run(&argv(&["sh", "-c", &script]))
+            .await;
+        assert!(matches!(err, Err(RunError::Timeout { .. })), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            !marker.exists(),
+            "the backgrounded grandchild must die with the group"
+        );
+    }
+
+    #[tokio::test]
+    async fn dry_run_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let r = CommandRunner {
+            dry_run: true,
+            ..runner(Duration::from_secs(1))
+        };
+        r.run(&argv(&["touch", &marker.display().to_string()]))
+            .await
+            .unwrap();
+        assert!(!marker.exists());
+    }
+}
