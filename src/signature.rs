@@ -220,7 +220,13 @@ mod tests {
         let keys = Keys::parse(SECRET).unwrap();
         let ts = "1649367553";
         let two = format!("v1,AAAA v1,{} {EXPECTED}", "A".repeat(43) + "=");
-        type Case<'a> = (&'a Keys, Headers<'a>, &'a [u8], i64, Result<(), VerifyError>);
+        type Case<'a> = (
+            &'a Keys,
+            Headers<'a>,
+            &'a [u8],
+            i64,
+            Result<(), VerifyError>,
+        );
         let cases: Vec<Case> = vec![
             (&rotated, headers(ID, ts, EXPECTED), BODY, TS, Ok(())),
             (&keys, headers(ID, ts, &two), BODY, TS, Ok(())),
