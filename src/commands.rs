@@ -210,14 +210,16 @@ async fn status(url: &str, json: bool) -> u8 {
 }
 
 async fn check(settings: &Settings) -> u8 {
-    let checks = &settings.health_checks;
-    let results = crate::health::run_phase(&checks.pre_checks(), checks.deadline).await;
-    print!("{}", crate::health::render_table(&results));
-    if results.iter().all(|r| r.passed) {
-        OK
-    } else {
-        FAILED
+    use crate::upgrade::rollback::checks;
+    let deadline = settings.health_checks.deadline;
+    let mut passed = true;
+    for (title, post) in [("pre-checks", false), ("post-checks", true)] {
+        let results = crate::health::run_phase(&checks(settings, post), deadline).await;
+        passed &= results.iter().all(|r| r.passed);
+        println!("{title}:");
+        print!("{}", crate::health::render_table(&results));
     }
+    if passed { OK } else { FAILED }
 }
 
 /// The human-readable form of `/v1/status`.

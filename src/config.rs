@@ -142,6 +142,8 @@ pub struct SystemConfig {
     pub current_system: PathBuf,
     pub booted_system: PathBuf,
     pub system_profile: PathBuf,
+    /// For `systemd` health checks.
+    pub systemctl: String,
 }
 
 impl Default for SystemConfig {
@@ -152,6 +154,7 @@ impl Default for SystemConfig {
             current_system: "/run/current-system".into(),
             booted_system: "/run/booted-system".into(),
             system_profile: "/nix/var/nix/profiles/system".into(),
+            systemctl: "systemctl".into(),
         }
     }
 }

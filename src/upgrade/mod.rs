@@ -3,6 +3,7 @@
 
 pub mod activate;
 pub mod reboot;
+pub mod rollback;
 pub mod runner;
 
 use std::path::{Path, PathBuf};
@@ -156,10 +157,12 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         dry_run: settings.dry_run,
         cancel: shutdown.child_token(),
     };
-    match activate::activate(settings, &runner, target, |p| agent.phase.set(p)).await {
+    let activated = activate::activate(settings, &runner, target, |p| agent.phase.set(p)).await;
+    let live = match activated {
         Ok(done) => {
             record.outcome = Outcome::Upgraded;
             record.reboot = done.reboot;
+            done.live
         }
         Err(RunError::Cancelled { .. }) => {
             tracing::warn!(
@@ -167,10 +170,59 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
             );
             return true;
         }
-        Err(e) => record.error = Some(e.to_string()),
+        // switch-to-configuration's exit 4: the new system is active, but some units failed.
+        Err(e @ RunError::Exit { code: 4, .. })
+            if settings.operation.is_live() && !settings.allow_reboot =>
+        {
+            record.error = Some(format!(
+                "{e}: the new system is active but some units failed to start"
+            ));
+            true
+        }
+        Err(e) => {
+            record.error = Some(e.to_string());
+            false
+        }
+    };
+    if live && !settings.dry_run {
+        agent.phase.set(Phase::Checking);
+        let post = rollback::post_checks(settings).await;
+        let failed = first_failure("post-check", &post);
+        record.checks.extend(post);
+        if let Some(failure) = failed {
+            agent.phase.set(Phase::Activating);
+            let previous = resolve_previous(agent);
+            let note = match rollback::roll_back(settings, &runner, previous.as_deref()).await {
+                Ok(after) => {
+                    record.outcome = Outcome::RolledBack;
+                    let still = first_failure("after rollback, post-check", &after);
+                    record.checks.extend(after);
+                    still.map_or(failure.clone(), |still| format!("{failure}; {still}"))
+                }
+                Err(why) => {
+                    record.outcome = Outcome::Failed;
+                    format!("{failure}; {why}")
+                }
+            };
+            record.error = Some(
+                record
+                    .error
+                    .take()
+                    .map_or(note.clone(), |e| format!("{e}; {note}")),
+            );
+        }
     }
     finish(agent, record, clock);
     false
+}
+
+/// The system that ran before this attempt, as recorded in the in-flight marker.
+fn resolve_previous(agent: &Agent) -> Option<String> {
+    agent
+        .store
+        .snapshot()
+        .in_flight
+        .and_then(|f| f.previous_system)
 }
 
 /// "pre-check gateway (icmp) failed: no reply within 5s", for the first failed check.

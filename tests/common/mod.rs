@@ -135,8 +135,13 @@ impl Rig {
 
     /// Starts the agent binary and waits for its "agent started" log line.
     pub async fn spawn(&mut self) {
+        std::fs::write(self.path("agent.toml"), self.config_text()).unwrap();
+        self.spawn_with_written_config().await;
+    }
+
+    /// `spawn` with whatever `agent.toml` holds now.
+    pub async fn spawn_with_written_config(&mut self) {
         let config = self.path("agent.toml");
-        std::fs::write(&config, self.config_text()).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config)

@@ -1,0 +1,249 @@
+//! Command checks (`argv` exits 0) and the bounded process runner that systemd checks share.
+
+use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinHandle;
+
+use super::Outcome;
+
+/// At most this much of stdout and of stderr is kept; the rest is read and dropped.
+const OUTPUT_CAP: usize = 64 * 1024;
+/// After the process exits, how long its pipes may stay open (held by a leftover child).
+const PIPE_GRACE: Duration = Duration::from_millis(100);
+
+/// A process that ran to its end.
+pub(super) struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// One attempt: runs `argv` without a shell; passes when it exits 0.
+pub(super) async fn check(argv: &[String]) -> Outcome {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty argv".into());
+    };
+    let done = run(OsStr::new(program), args).await?;
+    if done.status.success() {
+        Ok("exit status 0".into())
+    } else {
+        Err(format!(
+            "{}{}",
+            describe_status(done.status),
+            last_line(&done.stderr, &done.stdout)
+        ))
+    }
+}
+
+/// Runs `program args…` in its own process group, stdin from /dev/null, output captured (capped).
+/// It has no timeout of its own: the caller bounds it by dropping the future, which kills the
+/// whole process group (`kill_on_drop` alone would reach only the direct child).
+pub(super) async fn run<S: AsRef<OsStr>>(program: &OsStr, args: &[S]) -> Result<Finished, String> {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+    // Declared after `child`, so dropped before it: the group dies before tokio reaps the leader,
+    // and the group id cannot have been reused by then.
+    let mut group = KillGroupOnDrop(child.id().and_then(|id| i32::try_from(id).ok()));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|p| AbortOnDrop(tokio::spawn(read_capped(p))));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|p| AbortOnDrop(tokio::spawn(read_capped(p))));
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for {}: {e}", program.to_string_lossy()))?;
+    group.0 = None; // reaped: its id may be reused from now on
+    Ok(Finished {
+        status,
+        stdout: collect(stdout).await,
+        stderr: collect(stderr).await,
+    })
+}
+
+/// Kills the process group `.0` on drop, unless cleared.
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Aborts the task on drop, so no reader outlives the check.
+struct AbortOnDrop(JoinHandle<Vec<u8>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn read_capped<R: AsyncRead + Unpin>(mut pipe: R) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    // Ends at EOF or on a read error; the caller's abort ends it otherwise.
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(buf.get(..n.min(room)).unwrap_or(&[]));
+            }
+        }
+    }
+}
+
+async fn collect(reader: Option<AbortOnDrop>) -> Vec<u8> {
+    let Some(mut reader) = reader else {
+        return Vec::new();
+    };
+    match tokio::time::timeout(PIPE_GRACE, &mut reader.0).await {
+        Ok(Ok(bytes)) => bytes,
+        _ => Vec::new(),
+    }
+}
+
+/// "exit status 3", "killed by signal 9".
+pub(super) fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+/// ": <last non-empty line of stderr, else of stdout>", at most 200 characters; "" if none.
+pub(super) fn last_line(stderr: &[u8], stdout: &[u8]) -> String {
+    let pick = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .map(|l| l.chars().take(200).collect::<String>())
+    };
+    pick(stderr)
+        .or_else(|| pick(stdout))
+        .map_or_else(String::new, |l| format!(": {l}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::super::{Check, CheckKind, run_phase};
+    use super::*;
+    use std::time::Instant;
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn true_passes_and_false_fails() {
+        assert_eq!(check(&argv(&["true"])).await.unwrap(), "exit status 0");
+        assert_eq!(check(&argv(&["false"])).await.unwrap_err(), "exit status 1");
+    }
+
+    #[tokio::test]
+    async fn failure_detail_carries_the_last_line_of_stderr() {
+        let a = argv(&[
+            "sh",
+            "-c",
+            "echo starting; echo 'db: connection refused' >&2; exit 3",
+        ]);
+        assert_eq!(
+            check(&a).await.unwrap_err(),
+            "exit status 3: db: connection refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_and_empty_argv_fail() {
+        let detail = check(&argv(&["/nonexistent/nhu-check"])).await.unwrap_err();
+        assert!(
+            detail.starts_with("cannot run /nonexistent/nhu-check: "),
+            "{detail}"
+        );
+        assert_eq!(check(&[]).await.unwrap_err(), "empty argv");
+    }
+
+    #[tokio::test]
+    async fn a_slow_command_is_killed_at_the_timeout_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let check = Check {
+            name: "slow".into(),
+            kind: CheckKind::Command {
+                argv: argv(&["sh", "-c", &script]),
+            },
+            timeout: Duration::from_millis(500),
+            retries: 0,
+            interval: Duration::ZERO,
+        };
+        let started = Instant::now();
+        let results = run_phase(&[check], Duration::from_secs(10)).await;
+        let elapsed = started.elapsed();
+        assert!(!results[0].passed);
+        assert_eq!(results[0].detail, "timed out after 500ms (killed)");
+        assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+        // The backgrounded `sleep` was in the command's process group: it must be gone
+        // (or a zombie waiting for init), not sleeping on.
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+        let mut alive = true;
+        for _ in 0..40 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .chars()
+                .next();
+            if matches!(state, None | Some('Z') | Some('X')) {
+                alive = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!alive, "grandchild {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_leftover_child_holding_the_pipe_does_not_stall_the_check() {
+        // `sh` exits 0 at once; its background child keeps stdout open for 5 s.
+        let started = Instant::now();
+        let detail = check(&argv(&["sh", "-c", "sleep 5 & exit 0"]))
+            .await
+            .unwrap();
+        assert_eq!(detail, "exit status 0");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn last_line_prefers_stderr_and_handles_garbage() {
+        assert_eq!(last_line(b"a\nb\n\n", b"c"), ": b");
+        assert_eq!(last_line(b"", b"out\n"), ": out");
+        assert_eq!(last_line(b"\xff\xfe", b""), ": \u{fffd}\u{fffd}");
+        assert_eq!(last_line(b"", b""), "");
+    }
+}

@@ -1,0 +1,126 @@
+//! Post-checks after a live activation, and the way back when they fail.
+
+use std::path::Path;
+
+use crate::config::{Activation, Operation, Settings};
+use crate::health::{self, Check, CheckKind, CheckResult};
+
+use super::runner::{CommandRunner, RunError};
+
+/// The configured checks of one phase, with the `systemctl` of `[system]`.
+pub fn checks(settings: &Settings, post: bool) -> Vec<Check> {
+    let config = &settings.health_checks;
+    let mut checks = if post {
+        config.post_checks()
+    } else {
+        config.pre_checks()
+    };
+    for check in &mut checks {
+        if let CheckKind::Systemd { systemctl, .. } = &mut check.kind {
+            *systemctl = settings.system.systemctl.clone().into();
+        }
+    }
+    checks
+}
+
+/// Waits `settle`, then runs the post-checks (none: nothing to wait for).
+pub async fn post_checks(settings: &Settings) -> Vec<CheckResult> {
+    let checks = checks(settings, true);
+    if checks.is_empty() {
+        return Vec::new();
+    }
+    tokio::time::sleep(settings.health_checks.settle).await;
+    health::run_phase(&checks, settings.health_checks.deadline).await
+}
+
+/// The command that re-activates `previous`, the system that ran before the attempt.
+pub fn rollback_argv(settings: &Settings, previous: &str) -> Vec<String> {
+    let operation = match settings.operation {
+        Operation::Test => Operation::Test,
+        Operation::Switch | Operation::Boot => Operation::Switch,
+    };
+    let mut argv = match (settings.activation, operation) {
+        (Activation::StorePath, _) => vec![
+            settings.system.nixos_rebuild.clone(),
+            operation.as_str().into(),
+            "--store-path".into(),
+            previous.into(),
+        ],
+        // `--rollback` steps the profile back one generation, which `switch` just added.
+        (Activation::Flake, Operation::Switch | Operation::Boot) => {
+            vec![
+                settings.system.nixos_rebuild.clone(),
+                "switch".into(),
+                "--rollback".into(),
+            ]
+        }
+        // `test` added no generation to step back from: activate the old system directly.
+        (Activation::Flake, Operation::Test) => {
+            let activate = Path::new(previous).join("bin/switch-to-configuration");
+            return vec![activate.display().to_string(), "test".into()];
+        }
+    };
+    argv.extend(settings.flags.iter().cloned());
+    argv
+}
+
+/// Re-activates `previous`; the post-checks after it, or why it could not be done.
+pub async fn roll_back(
+    settings: &Settings,
+    runner: &CommandRunner,
+    previous: Option<&str>,
+) -> Result<Vec<CheckResult>, String> {
+    let previous =
+        previous.ok_or("the previous system is unknown (current_system was unreadable)")?;
+    tracing::warn!(previous, "rolling back to the previous system");
+    runner
+        .run(&rollback_argv(settings, previous))
+        .await
+        .map_err(|e: RunError| format!("rollback failed: {e}"))?;
+    Ok(post_checks(settings).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &str) -> Settings {
+        let text = format!(
+            "host = \"web1\"\nflags = [\"-L\"]\n{extra}\n[hydra]\ninstance = \"http://h\"\nproject = \"p\"\njobset = \"j\"\n"
+        );
+        Settings::from_toml(&text, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn rollback_argv_table() {
+        let old = "/nix/store/abc-nixos-system-web1-old";
+        let cases = [
+            (
+                "",
+                vec!["nixos-rebuild", "switch", "--store-path", old, "-L"],
+            ),
+            (
+                "operation = \"test\"",
+                vec!["nixos-rebuild", "test", "--store-path", old, "-L"],
+            ),
+            (
+                "allow_reboot = true",
+                vec!["nixos-rebuild", "switch", "--store-path", old, "-L"],
+            ),
+            (
+                "activation = \"flake\"",
+                vec!["nixos-rebuild", "switch", "--rollback", "-L"],
+            ),
+            (
+                "activation = \"flake\"\noperation = \"test\"",
+                vec![
+                    "/nix/store/abc-nixos-system-web1-old/bin/switch-to-configuration",
+                    "test",
+                ],
+            ),
+        ];
+        for (extra, want) in cases {
+            assert_eq!(rollback_argv(&settings(extra), old), want, "{extra}");
+        }
+    }
+}
