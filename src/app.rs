@@ -129,6 +129,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         shutdown.clone(),
     ));
     let worker = tokio::spawn(upgrade::run_worker(agent.clone(), shutdown.clone()));
+    tokio::spawn(crate::schedule::run_schedule(
+        agent.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(
         listen = %address, host = %agent.settings.host,
         job = %format!("{}:{}:{}", agent.settings.hydra_project, agent.settings.hydra_jobset, agent.settings.hydra_job),

@@ -1,6 +1,7 @@
 //! nixos-hydra-upgrade: upgrades a NixOS host the moment its system closure turns green in Hydra.
 
 pub mod app;
+pub mod calendar;
 pub mod cli;
 pub mod client;
 pub mod commands;
