@@ -44,10 +44,10 @@ pub(super) fn collapse_seconds(ev: &mut CalendarEvent) {
         stop: -1,
         repeat: USEC_PER_SEC,
     };
-    if let Some(list) = &mut ev.second {
-        if list.contains(&any) {
-            *list = vec![any];
-        }
+    if let Some(list) = &mut ev.second
+        && list.contains(&any)
+    {
+        *list = vec![any];
     }
 }
 
@@ -190,13 +190,14 @@ fn format_chain(out: &mut String, width: usize, chain: &Chain, usec: bool) {
         out.push('*');
         return;
     };
-    if usec {
-        if let [only] = list.as_slice() {
-            if only.start == 0 && only.stop < 0 && only.repeat == USEC_PER_SEC {
-                out.push('*');
-                return;
-            }
-        }
+    if usec
+        && let [only] = list.as_slice()
+        && only.start == 0
+        && only.stop < 0
+        && only.repeat == USEC_PER_SEC
+    {
+        out.push('*');
+        return;
     }
     for (i, c) in list.iter().enumerate() {
         if i > 0 {

@@ -35,11 +35,11 @@ pub(super) fn split_zone<'a>(expr: &'a str, local: &TimeZone, ev: &mut CalendarE
             return body;
         }
     }
-    if let Some((body, name)) = expr.rsplit_once(' ') {
-        if let Some(tz) = load_zone(name) {
-            ev.timezone = Some((name.to_owned(), tz));
-            return body;
-        }
+    if let Some((body, name)) = expr.rsplit_once(' ')
+        && let Some(tz) = load_zone(name)
+    {
+        ev.timezone = Some((name.to_owned(), tz));
+        return body;
     }
     expr
 }
