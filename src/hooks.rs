@@ -195,11 +195,7 @@ pub fn after_attempt(agent: &Agent, attempt: &Attempt) {
     runtime.spawn(run_all(runner, jobs, counter).instrument(span));
 }
 
-async fn run_all(
-    runner: CommandRunner,
-    jobs: Vec<HookRun>,
-    counter: HookCounter,
-) {
+async fn run_all(runner: CommandRunner, jobs: Vec<HookRun>, counter: HookCounter) {
     for (hook, argv, env) in jobs {
         tracing::info!(hook = hook.key(), "running hook");
         let result = match runner.run_with_env(&argv, &env).await {
