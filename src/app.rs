@@ -60,7 +60,8 @@ impl Agent {
             Some(path) => Some(Keys::load(path)?),
             None => None,
         };
-        let hydra = HydraClient::new(&settings)?;
+        let metrics = Metrics::new();
+        let hydra = HydraClient::new(&settings)?.observed_by(Arc::new(metrics.hydra.clone()));
         let (store, loaded) = StateStore::open(&settings.state_dir)?;
         match loaded {
             Loaded::Fresh => {
@@ -85,7 +86,7 @@ impl Agent {
             store,
             phase: PhaseCell::default(),
             verifying: AtomicUsize::new(0),
-            metrics: Metrics::new(),
+            metrics,
             next_poll: Mutex::new(None),
             settings,
         })
@@ -114,6 +115,7 @@ pub struct Running {
 
 /// Binds the listener and starts server and worker; returns once the listener accepts.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, AppError> {
+    crate::systemd_notify::init();
     let agent = Arc::new(Agent::new(settings)?);
     if agent.keys.is_none() {
         tracing::warn!(
@@ -138,6 +140,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         job = %format!("{}:{}:{}", agent.settings.hydra_project, agent.settings.hydra_jobset, agent.settings.hydra_job),
         dry_run = agent.settings.dry_run, "agent started"
     );
+    crate::systemd_notify::ready(&address);
     Ok(Running {
         agent,
         address,
@@ -202,6 +205,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        crate::systemd_notify::stopping();
         signal.cancel();
     });
     running.wait(shutdown).await

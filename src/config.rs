@@ -144,6 +144,8 @@ pub struct SystemConfig {
     pub system_profile: PathBuf,
     /// For `systemd` health checks.
     pub systemctl: String,
+    /// For the closure diff logged before activation (skipped when not found).
+    pub nix: String,
 }
 
 impl Default for SystemConfig {
@@ -155,6 +157,7 @@ impl Default for SystemConfig {
             booted_system: "/run/booted-system".into(),
             system_profile: "/nix/var/nix/profiles/system".into(),
             systemctl: "systemctl".into(),
+            nix: "nix".into(),
         }
     }
 }
@@ -199,6 +202,8 @@ struct RawConfig {
     health_checks: HealthChecksConfig,
     #[serde(default)]
     system: SystemConfig,
+    #[serde(default)]
+    hooks: crate::hooks::HooksConfig,
 }
 
 /// Validated settings; every field has its final value.
@@ -228,6 +233,7 @@ pub struct Settings {
     pub hydra_timeout: Duration,
     pub health_checks: HealthChecksConfig,
     pub system: SystemConfig,
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 fn default_operation() -> Operation {
@@ -355,6 +361,9 @@ impl Settings {
         raw.health_checks
             .validate()
             .map_err(|e| invalid("health_checks", e.to_string()))?;
+        raw.hooks
+            .validate()
+            .map_err(|e| invalid("hooks", e.to_string()))?;
 
         Ok(Settings {
             host,
@@ -380,6 +389,7 @@ impl Settings {
             hydra_timeout: hydra.timeout,
             health_checks: raw.health_checks,
             system: raw.system,
+            hooks: raw.hooks,
         })
     }
 

@@ -121,7 +121,7 @@ pub async fn run() -> Result<(), String> {
     );
 
     stage(7, "the agent's status");
-    print!("{}", crate::commands::describe_status(&status));
+    print!("{}", crate::status_view::describe(&status));
     println!(
         "   deployed path matches Hydra's out path: {}",
         status["deployed"]["path"] == json!(newest)
