@@ -118,7 +118,7 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
 
     agent.phase.set(Phase::Checking);
     let pre = crate::health::run_phase(
-        &settings.health_checks.pre_checks(),
+        &rollback::checks(settings, false),
         settings.health_checks.deadline,
     )
     .await;
