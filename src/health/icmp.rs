@@ -4,8 +4,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
 use surge_ping::{Client, Config, ICMP, IcmpPacket, PingIdentifier, PingSequence, SurgeError};
-use tokio::sync::OnceCell;
+
+use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
 use super::Outcome;
@@ -15,6 +17,10 @@ const PAYLOAD: &[u8] = b"nixos-hydra-upgr";
 
 /// Separates the identifiers of phases that run at the same time in one process.
 static PHASES: AtomicU16 = AtomicU16::new(0);
+
+/// Echoes awaiting a reply at once, per phase. A raw socket also receives its own outgoing
+/// requests on loopback, so hundreds at once overflow its receive buffer and drop replies.
+const MAX_IN_FLIGHT: usize = 64;
 
 /// Sends echo requests for every icmp check of a phase. It opens at most one socket per address
 /// family, on first use (surge-ping tries an unprivileged datagram socket, then a raw one), so
@@ -26,6 +32,7 @@ pub(super) struct Prober {
     v6: OnceCell<Result<Client, String>>,
     ident_base: u16,
     next: AtomicU32,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Prober {
@@ -38,6 +45,7 @@ impl Prober {
             v6: OnceCell::new(),
             ident_base: pid.rotate_left(8) ^ phase.wrapping_mul(0x9e37),
             next: AtomicU32::new(0),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 
@@ -76,7 +84,10 @@ impl Prober {
             let ident = PingIdentifier(self.ident_base.wrapping_add((n >> 16) as u16));
             let mut pinger = client.pinger(ip, ident).await;
             pinger.scope_id(scope_id).timeout(timeout);
+            let in_flight = self.in_flight.clone();
             pings.spawn(async move {
+                // The semaphore is never closed; the permit lives until the echo is settled.
+                let _permit = in_flight.acquire_owned().await;
                 match pinger.ping(seq, PAYLOAD).await {
                     Ok((packet, rtt)) => echo_reply(ip, &packet, rtt),
                     Err(SurgeError::Timeout { .. }) => Err(format!(
@@ -169,12 +180,16 @@ mod tests {
 
     #[tokio::test]
     async fn many_canaries_share_two_sockets_and_run_concurrently() {
-        // 128 distinct loopback addresses plus ::1, all at once: one ICMPv4 and one ICMPv6
-        // socket carry them, with distinct sequence numbers.
+        // 256 distinct loopback addresses plus ::1, all at once: one ICMPv4 and one ICMPv6
+        // socket carry them, with distinct sequence numbers, and no reply is lost.
         let prober = std::sync::Arc::new(Prober::new());
         let started = Instant::now();
         let mut set = JoinSet::new();
-        for i in 1..=128u8 {
+        for i in 1..=255u8 {
+            let p = prober.clone();
+            set.spawn(async move { p.check(&format!("127.0.1.{i}"), T).await });
+        }
+        for i in 1..=1u8 {
             let p = prober.clone();
             set.spawn(async move { p.check(&format!("127.0.0.{i}"), T).await });
         }
@@ -185,7 +200,7 @@ mod tests {
             r.unwrap().unwrap();
             passed += 1;
         }
-        assert_eq!(passed, 129);
+        assert_eq!(passed, 257);
         assert!(started.elapsed() < T, "took {:?}", started.elapsed());
     }
 
