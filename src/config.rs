@@ -144,6 +144,9 @@ pub struct SystemConfig {
     pub system_profile: PathBuf,
     /// For `systemd` health checks.
     pub systemctl: String,
+    /// The agent's own unit: a switch that changes `etc/systemd/system/<unit>` makes it exit 0
+    /// so systemd starts the new version.
+    pub unit: String,
 }
 
 impl Default for SystemConfig {
@@ -155,6 +158,7 @@ impl Default for SystemConfig {
             booted_system: "/run/booted-system".into(),
             system_profile: "/nix/var/nix/profiles/system".into(),
             systemctl: "systemctl".into(),
+            unit: "nixos-hydra-upgrade.service".into(),
         }
     }
 }
