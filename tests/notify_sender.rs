@@ -13,8 +13,11 @@ use axum::http::{HeaderMap, StatusCode};
 use common::{BIN, JOB, runcommand_payload};
 use nixos_hydra_upgrade::signature::{Headers, Keys, generate_secret};
 
+/// (webhook-id, body, signature valid) of one delivery.
+type Delivery = (String, Vec<u8>, bool);
+
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(String, Vec<u8>, bool)>>>);
+struct Received(Arc<Mutex<Vec<Delivery>>>);
 
 /// A receiver answering the scripted statuses in turn (the last one repeats); records
 /// (webhook-id, body, signature valid).
