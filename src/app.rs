@@ -69,7 +69,7 @@ impl Agent {
             Loaded::Existing => {}
             Loaded::MovedAside { to, reason } => tracing::error!(
                 moved_to = %to.display(), reason = %reason,
-                "state file unreadable; moved aside, starting without a deployed build"
+                "state file unreadable; moved aside: deployed build unknown, no downgrade until it is learned"
             ),
         }
         let state = store.snapshot();
@@ -121,6 +121,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         );
     }
     upgrade::settle_interrupted(&agent);
+    tokio::spawn(crate::recovery::learn(agent.clone()));
     let listener = bind(&agent.settings.listen).await?;
     let address = listener.describe();
     let server = tokio::spawn(http::serve(
