@@ -78,7 +78,11 @@ impl Agent {
             state.rolled_back.iter().copied(),
         );
         Ok(Agent {
-            replay: ReplayGuard::new(settings.signature_tolerance.as_secs()),
+            replay: ReplayGuard::open(
+                &settings.state_dir.join("seen-ids.json"),
+                settings.signature_tolerance.as_secs(),
+                jiff::Timestamp::now().as_second(),
+            ),
             keys,
             hydra,
             queue,
