@@ -145,9 +145,11 @@ async fn main() {
         peak
     });
     tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
-    let body = format!(
-        "{{\"event\":\"buildFinished\",\"build\":4821,\"finished\":true,\"buildStatus\":0,\"project\":\"infra\",\"jobset\":\"main\",\"job\":\"web1\"}}"
-    );
+    let body = serde_json::json!({
+        "event": "buildFinished", "build": 4821, "finished": true, "buildStatus": 0,
+        "project": "infra", "jobset": "main", "job": "web1"
+    })
+    .to_string();
     let id = generate_id();
     let now = jiff::Timestamp::now().as_second();
     let sent = Instant::now();
