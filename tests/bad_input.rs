@@ -189,3 +189,28 @@ async fn unknown_routes_and_methods() {
         .unwrap();
     assert_eq!(nothing.status().as_u16(), 404);
 }
+
+#[tokio::test]
+async fn a_bad_request_costs_the_client_its_connection() {
+    let rig = Rig::start("").await;
+    // Keep-alive is the default in HTTP/1.1: a good request keeps the connection, a 401 ends it.
+    let started = Instant::now();
+    let answer = raw(
+        &rig,
+        b"POST /v1/upgrade HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    assert!(status_line(&answer).contains("401"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"));
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at once");
+    let mut stream = TcpStream::connect(addr(&rig)).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("200"));
+    let more = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+    assert!(more.is_err(), "a good request keeps its connection open");
+}

@@ -88,6 +88,19 @@ fn builder() -> http1::Builder {
     builder
 }
 
+/// A client that sent a bad request (401, 413, …) loses its keep-alive connection, so a flood
+/// cannot hold every connection slot with busy keep-alives: each bad request costs a new
+/// connection, and a legitimate client waiting in the backlog gets a slot within moments.
+fn close_after_client_error(mut response: axum::response::Response) -> axum::response::Response {
+    if response.status().is_client_error() {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 fn spawn_connection<IO>(
     io: IO,
     app: Router,
@@ -98,7 +111,8 @@ fn spawn_connection<IO>(
 {
     tokio::spawn(async move {
         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-            app.clone().oneshot(request.map(axum::body::Body::new))
+            let answer = app.clone().oneshot(request.map(axum::body::Body::new));
+            async move { answer.await.map(close_after_client_error) }
         });
         let connection = builder().serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
