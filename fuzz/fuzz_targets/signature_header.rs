@@ -8,7 +8,9 @@ const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n";
 const NOW: i64 = 1_767_225_600;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(keys) = Keys::parse(SECRET) else { return };
+    let Ok(keys) = Keys::parse(SECRET) else {
+        return;
+    };
     let mut parts = data.splitn(4, |&b| b == 1);
     let text = |p: Option<&[u8]>| p.map(|b| String::from_utf8_lossy(b).into_owned());
     let (id, ts, sig) = (text(parts.next()), text(parts.next()), text(parts.next()));
@@ -23,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
         else {
             panic!("verified without all three headers");
         };
-        let ts: i64 = ts.parse().unwrap_or_else(|_| panic!("verified a bad timestamp"));
+        let ts: i64 = ts
+            .parse()
+            .unwrap_or_else(|_| panic!("verified a bad timestamp"));
         assert!(is_valid_id(id));
         assert!(sig.split(' ').any(|s| s == keys.sign(id, ts, body)));
     }
