@@ -552,6 +552,10 @@ in
         // config.networking.proxy.envVars;
 
       serviceConfig = {
+        # READY=1 once the API listens; STATUS= follows the worker's phase. The worker itself
+        # feeds the watchdog, through long activations too (up to their timeouts): a wedged
+        # worker stops, and systemd restarts the agent. Hook and nixos-rebuild children get
+        # no NOTIFY_SOCKET (and NotifyAccess=main would ignore them anyway).
         Type = "notify";
         NotifyAccess = "main";
         WatchdogSec = "2min";

@@ -60,7 +60,8 @@ impl Agent {
             Some(path) => Some(Keys::load(path)?),
             None => None,
         };
-        let hydra = HydraClient::new(&settings)?;
+        let metrics = Metrics::new();
+        let hydra = HydraClient::new(&settings)?.observed_by(Arc::new(metrics.hydra.clone()));
         let (store, loaded) = StateStore::open(&settings.state_dir)?;
         match loaded {
             Loaded::Fresh => {
@@ -89,7 +90,7 @@ impl Agent {
             store,
             phase: PhaseCell::default(),
             verifying: AtomicUsize::new(0),
-            metrics: Metrics::new(),
+            metrics,
             next_poll: Mutex::new(None),
             settings,
         })
@@ -118,6 +119,7 @@ pub struct Running {
 
 /// Binds the listener and starts server and worker; returns once the listener accepts.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, AppError> {
+    crate::systemd_notify::init();
     let agent = Arc::new(Agent::new(settings)?);
     if agent.keys.is_none() {
         tracing::warn!(
@@ -134,11 +136,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         shutdown.clone(),
     ));
     let worker = tokio::spawn(upgrade::run_worker(agent.clone(), shutdown.clone()));
+    tokio::spawn(crate::schedule::run_schedule(
+        agent.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!(
         listen = %address, host = %agent.settings.host,
         job = %format!("{}:{}:{}", agent.settings.hydra_project, agent.settings.hydra_jobset, agent.settings.hydra_job),
         dry_run = agent.settings.dry_run, "agent started"
     );
+    crate::systemd_notify::ready(&address);
     Ok(Running {
         agent,
         address,
@@ -203,6 +210,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
+        crate::systemd_notify::stopping();
         signal.cancel();
     });
     running.wait(shutdown).await

@@ -56,6 +56,12 @@ pub enum Command {
         /// Allow redeploying the deployed build or going back to an older one.
         #[arg(long)]
         force: bool,
+        /// Follow the attempt, printing each phase; exit 0 only if it upgraded (or was current).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait follows the attempt.
+        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Show an agent's status.
     Status {

@@ -92,7 +92,12 @@ pub fn run(command: Command) -> u8 {
             secret_file,
             build,
             force,
-        } => runtime.block_on(trigger(&url, &secret_file, build, force)),
+            wait,
+            timeout,
+        } => {
+            let wait = wait.then_some(timeout);
+            runtime.block_on(trigger(&url, &secret_file, build, force, wait))
+        }
         Command::Status { url, json } => runtime.block_on(status(&url, json)),
         Command::Check { config } => match Settings::from_file(&config) {
             Ok(settings) => runtime.block_on(check(&settings)),
@@ -121,7 +126,13 @@ fn usage(message: &str) -> u8 {
     USAGE
 }
 
-async fn trigger(url: &str, secret_file: &Path, build: Option<u64>, force: bool) -> u8 {
+async fn trigger(
+    url: &str,
+    secret_file: &Path,
+    build: Option<u64>,
+    force: bool,
+    wait: Option<Duration>,
+) -> u8 {
     let endpoint = match Endpoint::parse(url) {
         Ok(e) => e,
         Err(e) => return usage(&e),
@@ -129,6 +140,13 @@ async fn trigger(url: &str, secret_file: &Path, build: Option<u64>, force: bool)
     let keys = match Keys::load(secret_file) {
         Ok(k) => k,
         Err(e) => return fail(&e.to_string()),
+    };
+    let baseline = match wait {
+        Some(_) => match crate::follow::baseline(&endpoint).await {
+            Ok(b) => b,
+            Err(e) => return fail(&e.to_string()),
+        },
+        None => Value::Null,
     };
     let mut body = serde_json::Map::new();
     if let Some(build) = build {
@@ -161,10 +179,15 @@ async fn trigger(url: &str, secret_file: &Path, build: Option<u64>, force: bool)
                 answer.status,
                 String::from_utf8_lossy(&answer.body)
             );
-            if (200..300).contains(&answer.status) {
-                OK
-            } else {
-                FAILED
+            if !(200..300).contains(&answer.status) {
+                return FAILED;
+            }
+            match (wait, serde_json::from_slice::<Value>(&answer.body)) {
+                (None, _) => OK,
+                (Some(timeout), Ok(body)) => {
+                    crate::follow::follow(&endpoint, &body, &baseline, timeout).await
+                }
+                (Some(_), Err(e)) => fail(&format!("the answer is not JSON: {e}")),
             }
         }
         Err(e) => fail(&e),
@@ -202,7 +225,7 @@ async fn status(url: &str, json: bool) -> u8 {
     }
     match serde_json::from_slice::<Value>(&answer.body) {
         Ok(value) => {
-            print!("{}", describe_status(&value));
+            print!("{}", crate::status_view::describe(&value));
             OK
         }
         Err(e) => fail(&format!("status is not JSON: {e}")),
@@ -220,62 +243,4 @@ async fn check(settings: &Settings) -> u8 {
         print!("{}", crate::health::render_table(&results));
     }
     if passed { OK } else { FAILED }
-}
-
-/// The human-readable form of `/v1/status`.
-pub fn describe_status(status: &Value) -> String {
-    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-    let field = |k: &str| status.get(k).filter(|v| !v.is_null());
-    let mut out = String::new();
-    let mut line = |label: &str, value: String| out.push_str(&format!("{label:<16}{value}\n"));
-    line("phase", field("phase").map_or("?".into(), text));
-    line(
-        "current system",
-        field("current_system").map_or("unknown".into(), text),
-    );
-    let hydra = field("hydra").map(text).unwrap_or_default();
-    line(
-        "deployed",
-        field("deployed").map_or("nothing yet".into(), |d| {
-            format!(
-                "build {} ({hydra}/build/{}) at {}\n{:16}{}",
-                d["build"],
-                d["build"],
-                text(&d["at"]),
-                "",
-                text(&d["path"])
-            )
-        }),
-    );
-    for key in ["running", "pending"] {
-        line(
-            key,
-            field(key).map_or("none".into(), |j| {
-                format!("build {} from {}", j["build"], text(&j["source"]))
-            }),
-        );
-    }
-    line(
-        "last attempt",
-        field("last_attempt").map_or("none".into(), describe_attempt),
-    );
-    line("next poll", field("next_poll").map_or("none".into(), text));
-    out
-}
-
-fn describe_attempt(a: &Value) -> String {
-    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-    let mut s = format!(
-        "build {} from {}: {} (reboot {}), {} → {}",
-        a["build"],
-        text(&a["source"]),
-        text(&a["outcome"]),
-        text(&a["reboot"]),
-        text(&a["started_at"]),
-        text(&a["finished_at"])
-    );
-    if let Some(error) = a.get("error").filter(|e| !e.is_null()) {
-        s.push_str(&format!("\n{:16}error: {}", "", text(error)));
-    }
-    s
 }

@@ -144,6 +144,8 @@ pub struct SystemConfig {
     pub system_profile: PathBuf,
     /// For `systemd` health checks.
     pub systemctl: String,
+    /// For the closure diff logged before activation (skipped when not found).
+    pub nix: String,
     /// The agent's own unit: a switch that changes `etc/systemd/system/<unit>` makes it exit 0
     /// so systemd starts the new version.
     pub unit: String,
@@ -158,6 +160,7 @@ impl Default for SystemConfig {
             booted_system: "/run/booted-system".into(),
             system_profile: "/nix/var/nix/profiles/system".into(),
             systemctl: "systemctl".into(),
+            nix: "nix".into(),
             unit: "nixos-hydra-upgrade.service".into(),
         }
     }
@@ -203,6 +206,8 @@ struct RawConfig {
     health_checks: HealthChecksConfig,
     #[serde(default)]
     system: SystemConfig,
+    #[serde(default)]
+    hooks: crate::hooks::HooksConfig,
 }
 
 /// Validated settings; every field has its final value.
@@ -232,6 +237,7 @@ pub struct Settings {
     pub hydra_timeout: Duration,
     pub health_checks: HealthChecksConfig,
     pub system: SystemConfig,
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 fn default_operation() -> Operation {
@@ -359,6 +365,9 @@ impl Settings {
         raw.health_checks
             .validate()
             .map_err(|e| invalid("health_checks", e.to_string()))?;
+        raw.hooks
+            .validate()
+            .map_err(|e| invalid("hooks", e.to_string()))?;
 
         Ok(Settings {
             host,
@@ -384,6 +393,7 @@ impl Settings {
             hydra_timeout: hydra.timeout,
             health_checks: raw.health_checks,
             system: raw.system,
+            hooks: raw.hooks,
         })
     }
 

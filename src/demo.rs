@@ -37,17 +37,19 @@ pub async fn run() -> Result<(), String> {
 
     stage(
         2,
-        "start the agent in dry-run mode (commands are logged, not run)",
+        "start the agent in dry-run mode (commands are logged, not run), with a TCP pre-check",
     );
     let secret = dir.path().join("secret");
     std::fs::write(&secret, format!("{}\n", generate_secret())).map_err(io)?;
     let config = format!(
         "host = \"{JOB}\"\nlisten = \"127.0.0.1:0\"\ndry_run = true\nlog_format = \"text\"\n\
          secret_file = \"{}\"\nstate_dir = \"{}\"\ndates = \"\"\n\
-         [hydra]\ninstance = \"{}\"\nproject = \"{PROJECT}\"\njobset = \"{JOBSET}\"\n",
+         [hydra]\ninstance = \"{}\"\nproject = \"{PROJECT}\"\njobset = \"{JOBSET}\"\n\
+         [[health_checks.pre]]\nkind = \"tcp\"\nname = \"hydra reachable\"\naddress = \"{}\"\n",
         secret.display(),
         dir.path().join("state").display(),
-        hydra.url()
+        hydra.url(),
+        hydra.url().trim_start_matches("http://"),
     );
     let settings =
         Settings::from_toml(&config, Path::new("demo.toml")).map_err(|e| e.to_string())?;
@@ -71,6 +73,16 @@ pub async fn run() -> Result<(), String> {
     send(dir.path(), &secret, &agent_url, 4830, 0).await?;
     let endpoint = Endpoint::parse(&agent_url)?;
     let status = wait_for_attempt(&endpoint, 4830).await?;
+    for check in status["last_attempt"]["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "   pre-check {}: passed {} ({})",
+            check["name"], check["passed"], check["detail"]
+        );
+    }
     println!("   worker finished: {}", status["last_attempt"]["outcome"]);
 
     stage(
@@ -109,7 +121,7 @@ pub async fn run() -> Result<(), String> {
     );
 
     stage(7, "the agent's status");
-    print!("{}", crate::commands::describe_status(&status));
+    print!("{}", crate::status_view::describe(&status));
     println!(
         "   deployed path matches Hydra's out path: {}",
         status["deployed"]["path"] == json!(newest)

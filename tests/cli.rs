@@ -157,3 +157,49 @@ async fn every_subcommand_has_help() {
         assert!(out.contains("Usage:"), "{sub}: {out}");
     }
 }
+
+#[tokio::test]
+async fn unix_socket_listener_with_trigger_and_status() {
+    let mut rig = Rig::start("").await;
+    rig.build(80);
+    rig.stop().await;
+    let socket = rig.path("agent.sock");
+    let text = rig.config_text().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"unix:{}\"", socket.display()),
+    );
+    std::fs::write(rig.path("agent.toml"), text).unwrap();
+    let mut agent = tokio::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(rig.path("agent.toml"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("unix:{}", socket.display());
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed().as_secs() < 10, "no socket");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let key = rig.path("secret");
+    let (code, out, err) = run(&[
+        "trigger",
+        "--url",
+        &url,
+        "--secret-file",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("202 "), "{out}");
+    let mut deployed = false;
+    while !deployed && started.elapsed().as_secs() < 20 {
+        let (code, out, _) = run(&["status", "--url", &url, "--json"]).await;
+        assert_eq!(code, 0);
+        deployed =
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()["deployed"]["build"] == 80;
+    }
+    assert!(deployed);
+    agent.kill().await.unwrap();
+}

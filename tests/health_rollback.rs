@@ -163,3 +163,35 @@ async fn check_subcommand_prints_a_table() {
     assert!(out.contains("open") && out.contains("ok"), "{out}");
     assert!(out.contains("broken") && out.contains("FAIL"), "{out}");
 }
+
+#[tokio::test]
+async fn systemd_pre_check_uses_the_configured_systemctl() {
+    // A stand-in for systemctl (systemd does not run here): nginx is down, sshd is up.
+    let mut rig = Rig::start("").await;
+    rig.stop().await;
+    let fake = rig.path("systemctl");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nshift; shift\nfor u in \"$@\"; do case $u in nginx.service) echo inactive;; *) echo active;; esac; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let text = rig
+        .config_text()
+        .replace("[hydra]", "[[health_checks.pre]]\nkind = \"systemd\"\nretries = 0\nunits = [\"sshd.service\", \"nginx.service\"]\n[hydra]")
+        .replace("[system]\n", &format!("[system]\nsystemctl = \"{}\"\n", fake.display()));
+    std::fs::write(rig.path("agent.toml"), text).unwrap();
+    rig.spawn_with_written_config().await;
+    rig.build(30);
+    assert_eq!(rig.post(r#"{"build": 30}"#).await.0, 202);
+    let status = rig.wait_for_attempt(30).await;
+    assert_eq!(status["last_attempt"]["outcome"], "unhealthy", "{status}");
+    assert!(
+        status["last_attempt"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("nginx"),
+        "{status}"
+    );
+    assert!(rig.calls().is_empty());
+}

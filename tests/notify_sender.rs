@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use common::{BIN, JOB, runcommand_payload};
 use nixos_hydra_upgrade::signature::{Headers, Keys, generate_secret};
 
-/// (webhook-id, body, signature valid) of one delivery.
+/// One delivery as a receiver saw it: webhook-id, body, whether the signature verified.
 type Delivery = (String, Vec<u8>, bool);
 
 #[derive(Clone, Default)]

@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use crate::app::Agent;
+use crate::metrics::Scrape;
 use crate::upgrade::{Phase, resolve_link};
 
 /// The worker's phase, or `verifying` while it idles and Hydra is being asked.
@@ -27,10 +28,12 @@ pub fn snapshot(agent: &Agent) -> Value {
     let (phase, since) = phase(agent);
     let current_system =
         resolve_link(&agent.settings.system.current_system).map(|p| p.display().to_string());
+    let elapsed = (jiff::Timestamp::now().as_second() - since.as_second()).max(0);
     let job = |j: crate::queue::Job| json!({ "build": j.target.build, "source": j.source, "path": j.target.path, "since": j.received_at });
     json!({
         "phase": phase,
         "phase_since": since,
+        "phase_elapsed_seconds": elapsed,
         "current_system": current_system,
         "deployed": state.deployed,
         "running": agent.queue.running().map(job),
@@ -39,6 +42,7 @@ pub fn snapshot(agent: &Agent) -> Value {
         "next_poll": agent.next_poll(),
         "last_poll": state.last_poll,
         "hydra": agent.settings.hydra_instance,
+        "reboot_needed": reboot_needed(agent),
         "history": state.history,
     })
 }
@@ -51,12 +55,29 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Whether the installed system boots another kernel, initrd or modules than the running one.
+fn reboot_needed(agent: &Agent) -> bool {
+    let system = &agent.settings.system;
+    crate::upgrade::reboot::boot_files_differ(&system.booted_system, &system.system_profile)
+}
+
 pub async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     let state = agent.store.snapshot();
-    let pending = agent.queue.pending().map(|j| j.target.build);
-    let text = agent
-        .metrics
-        .render(&state, phase(&agent).0, pending, agent.queue.depth());
+    let (phase, since) = phase(&agent);
+    let elapsed = jiff::Timestamp::now().duration_since(since);
+    let scrape = Scrape {
+        state: &state,
+        phase,
+        phase_elapsed: std::time::Duration::try_from(elapsed).unwrap_or_default(),
+        pending: agent.queue.pending().map(|j| j.target.build),
+        depth: agent.queue.depth(),
+        boot_files_differ: reboot_needed(&agent),
+        next_poll: agent
+            .next_poll()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second()),
+    };
+    let text = agent.metrics.render(&scrape);
     (
         [(
             header::CONTENT_TYPE,

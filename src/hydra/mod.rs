@@ -3,7 +3,8 @@
 pub mod models;
 pub mod sim;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -34,8 +35,18 @@ pub enum HydraError {
     Rejected(String),
 }
 
+/// Told about every request to Hydra (for metrics); the client works without one.
+pub trait RequestObserver: Send + Sync {
+    /// `endpoint` is the first path segment (`build`, `eval`, `job`); `ok` is false on a
+    /// transport error or a 5xx answer.
+    fn request(&self, endpoint: &'static str, elapsed: Duration, ok: bool);
+    /// Hydra confirmed `build` deployable.
+    fn verified(&self, build: u64);
+}
+
 #[derive(Clone)]
 pub struct HydraClient {
+    observer: Option<Arc<dyn RequestObserver>>,
     http: reqwest::Client,
     base: String,
     project: String,
@@ -54,6 +65,7 @@ impl HydraClient {
             .build()
             .map_err(|e| HydraError::Unavailable(format!("cannot build HTTP client: {e}")))?;
         Ok(HydraClient {
+            observer: None,
             http,
             base: settings.hydra_instance.clone(),
             project: settings.hydra_project.clone(),
@@ -61,6 +73,12 @@ impl HydraClient {
             job: settings.hydra_job.clone(),
             activation: settings.activation,
         })
+    }
+
+    /// Reports each request to `observer`.
+    pub fn observed_by(mut self, observer: Arc<dyn RequestObserver>) -> HydraClient {
+        self.observer = Some(observer);
+        self
     }
 
     /// The id of the newest successful build of the configured job (`/job/…/latest`, a 302).
@@ -128,6 +146,9 @@ impl HydraClient {
             Activation::StorePath => None,
             Activation::Flake => Some(self.flake_of(&build, &what).await?),
         };
+        if let Some(observer) = &self.observer {
+            observer.verified(id);
+        }
         Ok(Target {
             build: id,
             path,
@@ -160,12 +181,24 @@ impl HydraClient {
     }
 
     async fn get(&self, path: &str, what: &str) -> Result<reqwest::Response, HydraError> {
-        self.http
+        let started = Instant::now();
+        let result = self
+            .http
             .get(format!("{}{path}", self.base))
             .header(header::ACCEPT, "application/json")
             .send()
-            .await
-            .map_err(|e| HydraError::Unavailable(format!("{what}: {}", describe(&e))))
+            .await;
+        if let Some(observer) = &self.observer {
+            let endpoint = match path.split('/').nth(1) {
+                Some("build") => "build",
+                Some("eval") => "eval",
+                Some("job") => "job",
+                _ => "other",
+            };
+            let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
+            observer.request(endpoint, started.elapsed(), ok);
+        }
+        result.map_err(|e| HydraError::Unavailable(format!("{what}: {}", describe(&e))))
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T, HydraError> {

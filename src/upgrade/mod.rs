@@ -67,6 +67,7 @@ impl PhaseCell {
         if guard.0 != phase {
             *guard = (phase, now());
             tracing::info!(phase = phase.as_str(), "phase");
+            crate::systemd_notify::phase(phase.as_str());
         }
     }
 
@@ -81,9 +82,17 @@ pub async fn run_worker(agent: std::sync::Arc<Agent>, shutdown: CancellationToke
         let job = tokio::select! {
             job = agent.queue.next() => job,
             () = shutdown.cancelled() => return,
+            () = crate::systemd_notify::tick() => {
+                crate::systemd_notify::ping();
+                continue;
+            }
         };
         let span = tracing::info_span!("attempt", build = job.target.build);
-        let interrupted = run_attempt(&agent, &job, &shutdown).instrument(span).await;
+        crate::systemd_notify::attempt(Some(job.target.build));
+        let budget = crate::systemd_notify::attempt_budget(&agent.settings);
+        let attempt = run_attempt(&agent, &job, &shutdown).instrument(span);
+        let interrupted = crate::systemd_notify::keep_alive(budget, attempt).await;
+        crate::systemd_notify::attempt(None);
         if interrupted {
             return;
         }
@@ -110,7 +119,7 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
 
     agent.phase.set(Phase::Checking);
     let pre = crate::health::run_phase(
-        &settings.health_checks.pre_checks(),
+        &rollback::checks(settings, false),
         settings.health_checks.deadline,
     )
     .await;
@@ -158,6 +167,7 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         dry_run: settings.dry_run,
         cancel: shutdown.child_token(),
     };
+    crate::closure_diff::log(settings, &runner, &target.path).await;
     let activated = activate::activate(settings, &runner, target, |p| agent.phase.set(p)).await;
     let live = match activated {
         Ok(done) => {
@@ -270,6 +280,7 @@ fn finish(agent: &Agent, mut record: Attempt, clock: Instant) {
         }
     }
     agent.metrics.attempt_finished(&record);
+    crate::hooks::after_attempt(agent, &record);
     let saved = agent.store.update(|s| {
         if let Some(d) = deployed.clone() {
             s.deployed = Some(d);

@@ -40,6 +40,15 @@ pub struct CommandRunner {
 impl CommandRunner {
     /// Runs `argv` to completion; in dry-run mode only logs it.
     pub async fn run(&self, argv: &[String]) -> Result<(), RunError> {
+        self.run_with_env(argv, &[]).await
+    }
+
+    /// `run` with extra environment variables (the hooks' `NIXOS_HYDRA_UPGRADE_*`).
+    pub async fn run_with_env(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), RunError> {
         let Some((program, args)) = argv.split_first() else {
             return Err(RunError::Spawn {
                 program: String::new(),
@@ -54,6 +63,11 @@ impl CommandRunner {
         tracing::info!(command = %command_line, "running");
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            // systemd's notify socket is the agent's alone (NotifyAccess=main).
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

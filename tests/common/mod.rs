@@ -60,6 +60,8 @@ pub struct Rig {
     pub url: String,
     pub agent: Option<Child>,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// Extra environment for the agent process (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
     extra_config: String,
 }
 
@@ -104,6 +106,7 @@ impl Rig {
             url: String::new(),
             agent: None,
             logs: Arc::default(),
+            env: Vec::new(),
             extra_config: extra.to_owned(),
         };
         rig.spawn().await;
@@ -120,7 +123,7 @@ impl Rig {
             "host = \"{JOB}\"\nlisten = \"127.0.0.1:0\"\nsecret_file = \"{}\"\nstate_dir = \"{}\"\ndates = \"\"\n{}\n\
              [hydra]\ninstance = \"{}\"\nproject = \"{PROJECT}\"\njobset = \"{JOBSET}\"\ntimeout = \"2s\"\n\
              [system]\nnixos_rebuild = \"{}\"\nreboot_command = [\"{}\", \"now\"]\ncurrent_system = \"{}\"\n\
-             booted_system = \"{}\"\nsystem_profile = \"{}\"\n",
+             booted_system = \"{}\"\nsystem_profile = \"{}\"\nnix = \"{}\"\n",
             root.join("secret").display(),
             root.join("state").display(),
             self.extra_config,
@@ -130,6 +133,8 @@ impl Rig {
             root.join("current-system").display(),
             root.join("booted-system").display(),
             root.join("system-profile").display(),
+            // Never the host's nix (it would reach for substituters): a fake, if a test writes one.
+            root.join("nix").display(),
         )
     }
 
@@ -146,6 +151,7 @@ impl Rig {
             .args(["serve", "--config"])
             .arg(&config)
             .env("TZ", "UTC")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

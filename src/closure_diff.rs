@@ -1,0 +1,86 @@
+//! Before activating, logs what changes: `nix store diff-closures <current> <target>`, when nix is
+//! there and this is no dry run; a note otherwise. Never fails the attempt.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::upgrade::resolve_link;
+use crate::upgrade::runner::CommandRunner;
+
+/// A diff that takes longer (fetching a large closure) is cut off; activation fetches the rest.
+const DIFF_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The `nix` program to run: a path as given, or a bare name looked up on `PATH`.
+pub fn find_program(program: &str, path_var: Option<&str>) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).is_file().then(|| PathBuf::from(program));
+    }
+    path_var?
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The argv of the diff.
+pub fn diff_argv(nix: &Path, current: &str, target: &str) -> Vec<String> {
+    vec![
+        nix.display().to_string(),
+        "--extra-experimental-features".into(),
+        "nix-command".into(),
+        "store".into(),
+        "diff-closures".into(),
+        current.into(),
+        target.into(),
+    ]
+}
+
+/// Logs the closure diff from the running system to `target` (its output, line by line).
+pub async fn log(settings: &Settings, runner: &CommandRunner, target: &str) {
+    if settings.dry_run {
+        tracing::info!("dry run: closure diff skipped");
+        return;
+    }
+    let Some(current) = resolve_link(&settings.system.current_system) else {
+        tracing::info!("current system unknown: closure diff skipped");
+        return;
+    };
+    let current = current.display().to_string();
+    if current == target {
+        return;
+    }
+    let path_var = std::env::var("PATH").ok();
+    let Some(nix) = find_program(&settings.system.nix, path_var.as_deref()) else {
+        tracing::info!(nix = %settings.system.nix, "nix not found: closure diff skipped");
+        return;
+    };
+    tracing::info!(from = %current, to = %target, "closure diff");
+    let runner = CommandRunner {
+        timeout: DIFF_TIMEOUT.min(settings.activation_timeout),
+        ..runner.clone()
+    };
+    if let Err(e) = runner.run(&diff_argv(&nix, &current, target)).await {
+        tracing::warn!(error = %e, "closure diff failed; activating anyway");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_programs_on_path_or_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let nix = dir.path().join("nix");
+        std::fs::write(&nix, "").unwrap();
+        let path = format!("/nonexistent::{}", dir.path().display());
+        assert_eq!(find_program("nix", Some(&path)), Some(nix.clone()));
+        assert_eq!(find_program("nix", Some("/nonexistent")), None);
+        assert_eq!(find_program("nix", None), None);
+        let absolute = nix.display().to_string();
+        assert_eq!(find_program(&absolute, None), Some(nix));
+        assert_eq!(find_program("/nonexistent/nix", None), None);
+    }
+}
