@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use nixos_hydra_upgrade::calendar::CalendarEvent;
 use nixos_hydra_upgrade::http::upgrade::{Parsed, parse_body};
 use nixos_hydra_upgrade::hydra::build_id_from_location;
 use nixos_hydra_upgrade::hydra::models::{Build, ErrorBody, Eval, is_store_path};
@@ -301,5 +302,50 @@ fn secret_file_lines() {
                 assert!(keys.verify(&h, b"x", NOW, 0).is_ok());
             }
         },
+    );
+}
+
+#[test]
+fn calendar_expressions() {
+    let utc = jiff::tz::TimeZone::UTC;
+    let base = jiff::Timestamp::from_second(NOW).unwrap();
+    let parsed = std::sync::atomic::AtomicUsize::new(0);
+    fuzz(
+        "calendar",
+        &[
+            b"04:40",
+            b"daily",
+            b"Mon..Fri *-*-* 10:00",
+            b"*-*-1/3 2:00:00 UTC",
+            b"2026-02-29",
+            b"@1767225600",
+            b"Sat,Sun 4:40 Europe/Berlin",
+            b"*:0/15",
+            b"*-02~03 12:00:00.5",
+            b"2024..2030-1,6-1..7 *:*:0/0.25",
+        ],
+        |input| {
+            let Ok(text) = std::str::from_utf8(input) else {
+                return;
+            };
+            let Ok(event) = CalendarEvent::parse_with_local(text, &utc) else {
+                return;
+            };
+            parsed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The normalized form parses again, to itself; the next elapse lies after the base.
+            let normalized = event.normalized();
+            let again = CalendarEvent::parse_with_local(&normalized, &utc)
+                .unwrap_or_else(|e| panic!("{text:?} -> {normalized:?} does not parse: {e}"));
+            assert_eq!(again.normalized(), normalized, "{text:?}");
+            if let Some(next) = event.next_after(base, &utc) {
+                assert!(next.timestamp() > base, "{text:?}: {next}");
+            }
+        },
+    );
+    let parsed = parsed.into_inner();
+    println!("calendar: {parsed} valid expressions among the inputs");
+    assert!(
+        parsed > iterations() / 100,
+        "the mutator must reach valid expressions"
     );
 }
