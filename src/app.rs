@@ -70,7 +70,7 @@ impl Agent {
             Loaded::Existing => {}
             Loaded::MovedAside { to, reason } => tracing::error!(
                 moved_to = %to.display(), reason = %reason,
-                "state file unreadable; moved aside, starting without a deployed build"
+                "state file unreadable; moved aside: deployed build unknown, no downgrade until it is learned"
             ),
         }
         let state = store.snapshot();
@@ -79,7 +79,11 @@ impl Agent {
             state.rolled_back.iter().copied(),
         );
         Ok(Agent {
-            replay: ReplayGuard::new(settings.signature_tolerance.as_secs()),
+            replay: ReplayGuard::open(
+                &settings.state_dir.join("seen-ids.json"),
+                settings.signature_tolerance.as_secs(),
+                jiff::Timestamp::now().as_second(),
+            ),
             keys,
             hydra,
             queue,
@@ -123,6 +127,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         );
     }
     upgrade::settle_interrupted(&agent);
+    tokio::spawn(crate::recovery::learn(agent.clone()));
     let listener = bind(&agent.settings.listen).await?;
     let address = listener.describe();
     let server = tokio::spawn(http::serve(

@@ -146,6 +146,9 @@ pub struct SystemConfig {
     pub systemctl: String,
     /// For the closure diff logged before activation (skipped when not found).
     pub nix: String,
+    /// The agent's own unit: a switch that changes `etc/systemd/system/<unit>` makes it exit 0
+    /// so systemd starts the new version.
+    pub unit: String,
 }
 
 impl Default for SystemConfig {
@@ -158,6 +161,7 @@ impl Default for SystemConfig {
             system_profile: "/nix/var/nix/profiles/system".into(),
             systemctl: "systemctl".into(),
             nix: "nix".into(),
+            unit: "nixos-hydra-upgrade.service".into(),
         }
     }
 }

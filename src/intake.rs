@@ -50,6 +50,12 @@ pub async fn intake(agent: &Agent, request: UpgradeRequest) -> Intake {
             Err(e) => return from_hydra(e),
         },
     };
+    let newest = request.build.is_none().then_some(build);
+    match crate::recovery::check(agent, build, request.force, newest).await {
+        Ok(()) => {}
+        Err(crate::recovery::RecoveryError::Hydra(e)) => return from_hydra(e),
+        Err(e) => return Intake::Refused(e.to_string()),
+    }
     match agent.queue.decide(build, request.force) {
         Decision::Proceed => {}
         Decision::Current(reason) => return Intake::Current { build, reason },

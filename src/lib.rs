@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod recovery;
 pub mod replay;
 pub mod schedule;
 pub mod signature;

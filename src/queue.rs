@@ -99,6 +99,14 @@ impl Queue {
         slots.rolled_back.extend(rolled_back);
     }
 
+    /// The deployed build, learned after it was unknown (state moved aside); never lowers it.
+    pub fn learn_deployed(&self, build: u64) {
+        let mut slots = self.lock();
+        if slots.deployed.is_none_or(|d| d < build) {
+            slots.deployed = Some(build);
+        }
+    }
+
     pub fn pending(&self) -> Option<Job> {
         self.lock().pending.clone()
     }

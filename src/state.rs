@@ -110,6 +110,10 @@ pub struct PersistedState {
     /// Builds whose post-checks failed and were rolled back: never retried without force.
     #[serde(default)]
     pub rolled_back: Vec<u64>,
+    /// Set when an unreadable state file was moved aside: until a deployed build is known
+    /// again, only Hydra's newest build (or a forced request) is accepted (see `recovery.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deployed_unknown: bool,
 }
 
 impl PersistedState {
@@ -171,23 +175,28 @@ impl StateStore {
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         let path = dir.join(STATE_FILE);
-        let (state, loaded) = match std::fs::read(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (PersistedState::default(), Loaded::Fresh)
+        let parsed = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(format!("cannot read it: {e}"))),
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| e.to_string())),
+        };
+        let (state, loaded) = match parsed {
+            None => (PersistedState::default(), Loaded::Fresh),
+            Some(Ok(state)) => (state, Loaded::Existing),
+            Some(Err(reason)) => {
+                let to = dir.join(format!(
+                    "{STATE_FILE}.corrupt-{}",
+                    Timestamp::now().as_second()
+                ));
+                std::fs::rename(&path, &to).map_err(io)?;
+                // Written at once, so a restart before anything else is saved keeps the guard.
+                let state = PersistedState {
+                    deployed_unknown: true,
+                    ..PersistedState::default()
+                };
+                write_atomically(dir, &state).map_err(io)?;
+                (state, Loaded::MovedAside { to, reason })
             }
-            Err(e) => return Err(io(e)),
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(state) => (state, Loaded::Existing),
-                Err(e) => {
-                    let to = dir.join(format!(
-                        "{STATE_FILE}.corrupt-{}",
-                        Timestamp::now().as_second()
-                    ));
-                    std::fs::rename(&path, &to).map_err(io)?;
-                    let reason = e.to_string();
-                    (PersistedState::default(), Loaded::MovedAside { to, reason })
-                }
-            },
         };
         let store = StateStore {
             dir: dir.to_owned(),
@@ -299,6 +308,14 @@ mod tests {
             panic!("expected MovedAside, got {loaded:?}");
         };
         assert!(to.exists());
-        assert_eq!(store.snapshot(), PersistedState::default());
+        let state = store.snapshot();
+        assert!(state.deployed_unknown && state.deployed.is_none());
+        drop(store);
+        let (store, loaded) = StateStore::open(dir.path()).unwrap();
+        assert_eq!(loaded, Loaded::Existing);
+        assert!(
+            store.snapshot().deployed_unknown,
+            "the guard survives a restart"
+        );
     }
 }

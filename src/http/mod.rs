@@ -1,6 +1,7 @@
 //! The HTTP API: routes, limits, and serving on TCP or a unix socket until shutdown.
 
 pub mod answer;
+pub mod serve;
 pub mod status;
 pub mod upgrade;
 
@@ -51,14 +52,11 @@ impl Listener {
     }
 }
 
+/// Serves until `shutdown` with bounded connections and header limits (see `serve.rs`).
 pub async fn serve(
     listener: Listener,
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let stop = async move { shutdown.cancelled().await };
-    match listener {
-        Listener::Tcp(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
-        Listener::Unix(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
-    }
+    serve::run(listener, app, shutdown).await
 }

@@ -248,10 +248,23 @@ async fn read_capped(mut response: reqwest::Response, what: &str) -> Result<Vec<
 
 /// Hydra's `Location` may carry its internal host: only the `/build/N` path counts.
 pub fn build_id_from_location(location: &str) -> Option<u64> {
-    let path = match reqwest::Url::parse(location) {
-        Ok(url) => url.path().to_owned(),
-        Err(_) => location.split(['?', '#']).next()?.to_owned(),
+    // Read as written, not through a URL parser: that one drops tabs and line breaks, turns `\`
+    // into `/` and resolves `..`, so "/b\ruild/7" or "/build\7" would read as build 7.
+    if location.chars().any(|c| c.is_control() || c == '\\') {
+        return None;
+    }
+    let path = match location.split_once("://") {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
+            &rest[rest.find('/')?..]
+        }
+        _ => location,
     };
+    let path = path.split(['?', '#']).next()?;
     let mut segments = path.trim_end_matches('/').rsplit('/');
     let id = segments.next()?;
     (segments.next()? == "build" && !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
@@ -278,6 +291,13 @@ mod tests {
             ("https://hydra.example/build/-1", None),
             ("https://hydra.example/build/99999999999999999999999", None),
             ("", None),
+            // Found by tests/fuzz_inputs.rs: control characters are not stripped, but refused.
+            ("https://hydra.example/b\ruild/4821", None),
+            ("https://hydra.example/build/48\t21", None),
+            ("http://localhost:3000/hydra/build\\7/", None),
+            ("http://h/build/5/../6", None),
+            ("http://h/build/7?next=http://x/build/8", Some(7)),
+            ("/build/7?next=http://x/build/8", Some(7)),
         ];
         for (location, want) in cases {
             assert_eq!(build_id_from_location(location), want, "{location}");

@@ -38,6 +38,8 @@ pub enum Fault {
     Delay(Duration),
     /// Answer 200 with this many bytes of JSON whitespace.
     Huge(usize),
+    /// Answer 302 with this `Location`.
+    Redirect(String),
 }
 
 #[derive(Default)]
@@ -45,6 +47,8 @@ struct Inner {
     builds: BTreeMap<u64, SimBuild>,
     evals: BTreeMap<u64, Option<String>>,
     fault: Option<Fault>,
+    /// Faults for requests whose path starts with the prefix; they win over `fault`.
+    path_faults: Vec<(String, Fault)>,
     requests: Vec<String>,
 }
 
@@ -110,6 +114,15 @@ impl HydraSim {
     }
 
     /// The paths requested so far, in order.
+    /// Applies `fault` only to requests whose path starts with `prefix` (None clears them all).
+    pub fn set_path_fault(&self, prefix: &str, fault: Option<Fault>) {
+        let mut inner = self.lock();
+        match fault {
+            Some(fault) => inner.path_faults.push((prefix.to_owned(), fault)),
+            None => inner.path_faults.clear(),
+        }
+    }
+
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
     }
@@ -135,8 +148,14 @@ type Shared = Arc<Mutex<Inner>>;
 async fn intercept(inner: &Shared, path: String, headers: &HeaderMap) -> Option<Response> {
     let fault = {
         let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
+        let fault = guard
+            .path_faults
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, f)| f.clone())
+            .or_else(|| guard.fault.clone());
         guard.requests.push(path);
-        guard.fault.clone()
+        fault
     };
     match fault {
         Some(Fault::Status(code)) => {
@@ -147,6 +166,9 @@ async fn intercept(inner: &Shared, path: String, headers: &HeaderMap) -> Option<
             return Some(([(header::CONTENT_TYPE, content_type)], body).into_response());
         }
         Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+        Some(Fault::Redirect(location)) => {
+            return Some((StatusCode::FOUND, [(header::LOCATION, location)]).into_response());
+        }
         Some(Fault::Huge(n)) => {
             return Some(
                 ([(header::CONTENT_TYPE, "application/json")], " ".repeat(n)).into_response(),

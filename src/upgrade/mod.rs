@@ -5,6 +5,7 @@ pub mod activate;
 pub mod reboot;
 pub mod rollback;
 pub mod runner;
+pub mod self_update;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -150,7 +151,7 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         path: target.path.clone(),
         source: job.source,
         started_at: record.started_at,
-        previous_system,
+        previous_system: previous_system.clone(),
     };
     if let Err(e) = agent.store.update(|s| s.in_flight = Some(marker)) {
         record.error = Some(format!(
@@ -222,7 +223,22 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
             );
         }
     }
+    // Compared after any rollback: a system rolled back to runs the old unit again.
+    let replaced = live
+        && !settings.dry_run
+        && self_update::own_unit_changed(
+            &settings.system.unit,
+            previous_system.as_deref().map(Path::new),
+            &settings.system.current_system,
+        );
     finish(agent, record, clock);
+    if replaced {
+        tracing::warn!(
+            "the switch replaced the agent's own unit; exiting so systemd starts the new version"
+        );
+        shutdown.cancel();
+        return true;
+    }
     false
 }
 
