@@ -237,7 +237,13 @@ async fn accept(
 
     let mut flood = flood_lua.map(|lua| {
         let child = Command::new("wrk")
-            .args(["-t1", &format!("-c{flood_connections}"), "-d60s", "-s", &lua])
+            .args([
+                "-t1",
+                &format!("-c{flood_connections}"),
+                "-d60s",
+                "-s",
+                &lua,
+            ])
             .arg(format!("{base}/v1/upgrade"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -252,6 +258,7 @@ async fn accept(
         .build()
         .unwrap();
     let mut latencies = Vec::new();
+    let mut sent_at = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(50);
     for i in 0..samples {
         if Instant::now() > deadline {
@@ -285,6 +292,7 @@ async fn accept(
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         latencies.push((last_stamp(&starts) - sent) * 1000.0);
+        sent_at.push((build, sent, last_stamp(&starts)));
         loop {
             let status: serde_json::Value = client
                 .get(format!("{base}/v1/status"))
@@ -297,7 +305,10 @@ async fn accept(
             if status["last_attempt"]["build"] == build && status["phase"] == "idle" {
                 break;
             }
-            assert!(waited.elapsed() < Duration::from_secs(10), "attempt never ended");
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "attempt never ended"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -316,11 +327,71 @@ async fn accept(
         println!("flood_rps {rps}");
     }
     stop_agent(child);
+    stages(&config.with_file_name("agent.log"), &sent_at);
     latencies.sort_by(f64::total_cmp);
     println!("samples {}", latencies.len());
     println!("p50_ms {:.3}", percentile(&latencies, 50.0));
     println!("p99_ms {:.3}", percentile(&latencies, 99.0));
-    println!("max_ms {:.3}", latencies.last().copied().unwrap_or(f64::NAN));
+    println!(
+        "max_ms {:.3}",
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// Where the time goes, from the agent's own log lines (`queued` after Hydra verified the build,
+/// `attempt started` in the worker, `running` just before the spawn): p50 and p99 of each stage.
+fn stages(log: &Path, samples: &[(u64, f64, f64)]) {
+    let mut at: std::collections::HashMap<(u64, &'static str), f64> = Default::default();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(build) = v["build"].as_u64() else {
+            continue;
+        };
+        let stage = match v["message"].as_str() {
+            Some("queued") => "queued",
+            Some("attempt started") => "started",
+            Some("running") => "running",
+            _ => continue,
+        };
+        if let Some(t) = v["timestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        {
+            at.insert((build, stage), t.as_nanosecond() as f64 / 1e9);
+        }
+    }
+    let names = [
+        "send_to_queued",
+        "queued_to_worker",
+        "worker_to_spawn",
+        "spawn_to_stamp",
+    ];
+    let mut spans: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for &(build, sent, stamp) in samples {
+        let (Some(q), Some(w), Some(r)) = (
+            at.get(&(build, "queued")),
+            at.get(&(build, "started")),
+            at.get(&(build, "running")),
+        ) else {
+            continue;
+        };
+        for (i, (a, b)) in [(sent, *q), (*q, *w), (*w, *r), (*r, stamp)]
+            .into_iter()
+            .enumerate()
+        {
+            spans[i].push((b - a) * 1000.0);
+        }
+    }
+    for (name, mut v) in names.iter().zip(spans) {
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_by(f64::total_cmp);
+        println!("stage_{name}_p50_ms {:.3}", percentile(&v, 50.0));
+        println!("stage_{name}_p99_ms {:.3}", percentile(&v, 99.0));
+    }
 }
 
 fn lines(path: &Path) -> usize {
@@ -390,6 +461,10 @@ async fn idle(bin: PathBuf, agents: usize, seconds: u64, requests: usize) {
     let before: Vec<_> = running.iter().map(|(_, _, c)| cpu(c.id())).collect();
     for (_, _, c) in &running {
         println!("rss_start_kib {}", status_kib(c.id(), "VmRSS:"));
+        // Private heap/stacks vs pages of the (shared, read-only) binary.
+        println!("rss_start_anon_kib {}", status_kib(c.id(), "RssAnon:"));
+        println!("rss_start_file_kib {}", status_kib(c.id(), "RssFile:"));
+        println!("threads {}", status_kib(c.id(), "Threads:"));
     }
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     for ((_, _, c), (ns0, t0)) in running.iter().zip(before) {
@@ -439,6 +514,7 @@ async fn idle(bin: PathBuf, agents: usize, seconds: u64, requests: usize) {
         }
         let _ = tokio::time::timeout(Duration::from_secs(60), tasks.join_all()).await;
         println!("rss_after_requests_kib {}", status_kib(c.id(), "VmRSS:"));
+        println!("rss_after_anon_kib {}", status_kib(c.id(), "RssAnon:"));
         println!("rss_peak_kib {}", status_kib(c.id(), "VmHWM:"));
     }
     for (_, _, c) in running {
@@ -468,7 +544,10 @@ fn start(bin: &Path, runs: usize) {
 // health fan-out
 
 fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("ip (iproute2)");
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("ip (iproute2)");
     assert!(status.success(), "ip {}", args.join(" "));
 }
 
@@ -518,7 +597,15 @@ fn health(name: &str, canaries: usize, silent: usize, unassigned: usize, runs: u
     for i in 0..silent {
         let address = format!("169.254.78.{}", i + 2);
         if i > 0 {
-            ip(&["-n", &s, "addr", "add", &format!("{address}/24"), "dev", "nhb1"]);
+            ip(&[
+                "-n",
+                &s,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                "nhb1",
+            ]);
         }
         hosts.push(address);
     }
@@ -556,7 +643,9 @@ fn health(name: &str, canaries: usize, silent: usize, unassigned: usize, runs: u
                 let started = Instant::now();
                 let mut sequential = Vec::new();
                 for check in &checks {
-                    sequential.extend(run_phase(std::slice::from_ref(check), Duration::from_secs(30)).await);
+                    sequential.extend(
+                        run_phase(std::slice::from_ref(check), Duration::from_secs(30)).await,
+                    );
                 }
                 let one_by_one = started.elapsed();
                 check_results("sequential", &sequential, canaries);
@@ -578,7 +667,10 @@ fn check_results(
 ) {
     let failed: Vec<_> = results[..canaries].iter().filter(|r| !r.passed).collect();
     if let Some(first) = failed.first() {
-        eprintln!("{what}: {} answering canaries failed, e.g. {first:?}", failed.len());
+        eprintln!(
+            "{what}: {} answering canaries failed, e.g. {first:?}",
+            failed.len()
+        );
         println!("{what}_failed_answering {}", failed.len());
     }
     assert!(
