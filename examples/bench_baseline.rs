@@ -17,9 +17,10 @@ fn main() {
     let seconds: u64 = args.next().map_or(120, |s| s.parse().unwrap());
     let address: std::net::SocketAddr = listen.parse().unwrap();
     assert!(address.ip().is_loopback(), "loopback only");
-    // The same runtime shape as `nixos-hydra-upgrade serve` (src/commands.rs).
+    // The same runtime shape as `nixos-hydra-upgrade serve` (src/commands.rs); `WORKERS` overrides.
+    let workers = std::env::var("WORKERS").map_or(1, |w| w.parse().unwrap());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap();
