@@ -1,6 +1,6 @@
 //! Benchmark baseline (`bench/run`): a bare axum handler answering 200 to `POST /v1/upgrade`,
 //! built from the agent's own stack (same axum/hyper/tokio versions, same release profile, same
-//! two-worker runtime), so the reject-throughput figure compares like with like.
+//! one-worker runtime; `WORKERS=N` to compare), so the reject-throughput figure compares like with like.
 //!
 //! `cargo run --release --example bench_baseline -- 127.0.0.1:PORT` — loopback only; it exits by
 //! itself after `SECONDS` (second argument, default 120).
