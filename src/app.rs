@@ -51,6 +51,8 @@ pub struct Agent {
     pub verifying: AtomicUsize,
     pub replay: ReplayGuard,
     pub metrics: Metrics,
+    /// Work that outlives an attempt (its hooks); waited for at shutdown.
+    pub background: tokio_util::task::TaskTracker,
     next_poll: Mutex<Option<String>>,
 }
 
@@ -91,6 +93,7 @@ impl Agent {
             phase: PhaseCell::default(),
             verifying: AtomicUsize::new(0),
             metrics,
+            background: tokio_util::task::TaskTracker::new(),
             next_poll: Mutex::new(None),
             settings,
         })
@@ -157,13 +160,29 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
 impl Running {
     /// Waits until the shutdown token fires and the parts stop (bounded by a grace period).
     pub async fn wait(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let Running { server, worker, .. } = self;
+        let Running {
+            agent,
+            server,
+            worker,
+            ..
+        } = self;
         let mut server = server;
         tokio::select! {
             result = &mut server => return flatten(result),
             () = shutdown.cancelled() => {}
         }
+        // A signal, or the worker after replacing the agent's own unit.
+        crate::systemd_notify::stopping();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, worker).await;
+        // Hooks of the last attempt finish (each is bounded by hooks.timeout) before the exit.
+        agent.background.close();
+        let hooks_bound = agent.settings.hooks.timeout.saturating_mul(4) + SHUTDOWN_GRACE;
+        if tokio::time::timeout(hooks_bound, agent.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("hooks still running at exit were stopped");
+        }
         match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
             Ok(result) => flatten(result),
             Err(_) => Ok(()),
@@ -210,7 +229,6 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
-        crate::systemd_notify::stopping();
         signal.cancel();
     });
     running.wait(shutdown).await

@@ -174,9 +174,9 @@ pub fn after_attempt(agent: &Agent, attempt: &Attempt) {
     if hooks.is_empty() {
         return;
     }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    if tokio::runtime::Handle::try_current().is_err() {
         return;
-    };
+    }
     let jobs: Vec<HookRun> = hooks
         .into_iter()
         .map(|h| {
@@ -192,7 +192,9 @@ pub fn after_attempt(agent: &Agent, attempt: &Attempt) {
     };
     let counter = agent.metrics.hook_counter();
     let span = tracing::info_span!("hooks", build = attempt.build);
-    runtime.spawn(run_all(runner, jobs, counter).instrument(span));
+    agent
+        .background
+        .spawn(run_all(runner, jobs, counter).instrument(span));
 }
 
 async fn run_all(runner: CommandRunner, jobs: Vec<HookRun>, counter: HookCounter) {

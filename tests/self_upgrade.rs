@@ -30,7 +30,14 @@ fn switch_to(rig: &Rig, name: &str) {
 
 #[tokio::test]
 async fn a_switch_that_changes_the_agents_unit_records_then_exits_0() {
-    let mut rig = Rig::start("").await;
+    // A slow on_success hook: it still completes before the agent exits.
+    let marker = tempfile::tempdir().unwrap();
+    let hook_file = marker.path().join("hook-ran");
+    let mut rig = Rig::start(&format!(
+        "[hooks]\non_success = [\"sh\", \"-c\", \"sleep 1; echo $NIXOS_HYDRA_UPGRADE_BUILD >> {}\"]\n",
+        hook_file.display()
+    ))
+    .await;
     system_with_unit(
         &rig,
         "old-system",
@@ -85,6 +92,11 @@ async fn a_switch_that_changes_the_agents_unit_records_then_exits_0() {
     assert_eq!(state["deployed"]["build"], 6, "{state}");
     assert!(state["in_flight"].is_null(), "settled before exit: {state}");
     assert_eq!(state["history"][0]["outcome"], "upgraded");
+    assert_eq!(
+        std::fs::read_to_string(&hook_file).unwrap(),
+        "5\n6\n",
+        "the last attempt's hook finished before the exit"
+    );
     assert!(
         rig.logs().iter().any(|l| l["message"]
             .as_str()

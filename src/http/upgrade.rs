@@ -1,6 +1,8 @@
 //! `POST /v1/upgrade`: size, then signature over the raw bytes, then replay, then the body.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -15,6 +17,11 @@ use crate::intake::{UpgradeRequest, intake};
 use crate::signature::Headers;
 use crate::state::Source;
 
+/// At most one warning per this interval sums up unauthenticated requests.
+const UNAUTHENTICATED_WARN_EVERY: Duration = Duration::from_secs(10);
+static UNAUTHENTICATED_SINCE_WARN: AtomicU64 = AtomicU64::new(0);
+static LAST_UNAUTHENTICATED_WARN: Mutex<Option<Instant>> = Mutex::new(None);
+
 pub async fn upgrade(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
     let answer = answer(&agent, &headers, body).await;
     agent.metrics.notification(answer.label());
@@ -22,9 +29,28 @@ pub async fn upgrade(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         Answer::Queued(_) | Answer::Current { .. } | Answer::Duplicate | Answer::Ignored(_) => {
             tracing::info!(status = answer.label(), answer = ?answer, "upgrade request answered")
         }
+        Answer::Unauthorized(_) | Answer::Invalid(_) | Answer::TooLarge => {
+            log_unauthenticated(&answer)
+        }
         _ => tracing::warn!(status = answer.label(), answer = ?answer, "upgrade request refused"),
     }
     answer.into_response()
+}
+
+/// A flood is made of unauthenticated requests: a line each would cost more than refusing them,
+/// so each is logged at debug and a warning sums them up at most every 10 s (metrics count all).
+fn log_unauthenticated(answer: &Answer) {
+    tracing::debug!(status = answer.label(), answer = ?answer, "upgrade request refused");
+    let count = UNAUTHENTICATED_SINCE_WARN.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = Instant::now();
+    let mut last = LAST_UNAUTHENTICATED_WARN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| now.duration_since(t) >= UNAUTHENTICATED_WARN_EVERY) {
+        *last = Some(now);
+        UNAUTHENTICATED_SINCE_WARN.fetch_sub(count, Ordering::Relaxed);
+        tracing::warn!(count, latest = ?answer, "unauthenticated upgrade requests refused");
+    }
 }
 
 async fn answer(agent: &Agent, headers: &HeaderMap, body: Body) -> Answer {
