@@ -135,9 +135,12 @@ fn write_config(dir: &Path, listen: &str, hydra: &str, rebuild: Option<&Path>) -
         "host = \"{JOB}\"\nlisten = \"{listen}\"\nsecret_file = \"{secret}\"\nstate_dir = \"{state}\"\n\
          dates = \"\"\ndry_run = {dry}\nlog_format = \"json\"\n\
          [hydra]\ninstance = \"{hydra}\"\nproject = \"{PROJECT}\"\njobset = \"{JOBSET}\"\ntimeout = \"2s\"\n\
-         [system]\n{system}current_system = \"{cur}\"\nbooted_system = \"{cur}\"\nsystem_profile = \"{cur}\"\n",
+         [system]\n{system}current_system = \"{cur}\"\nbooted_system = \"{cur}\"\nsystem_profile = \"{cur}\"\n\
+         nix = \"{no_nix}\"\n",
         secret = dir.join("secret").display(),
         state = dir.join("state").display(),
+        // No closure diff: this machine's real nix would look for the fake paths in caches.
+        no_nix = dir.join("no-nix").display(),
         dry = rebuild.is_none(),
         cur = dir.join("current-system").display(),
     );

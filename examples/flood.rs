@@ -81,7 +81,7 @@ async fn main() {
     let config = format!(
         "host = \"web1\"\nlisten = \"127.0.0.1:0\"\nsecret_file = \"{r}/secret\"\nstate_dir = \"{r}/state\"\n\
          dates = \"\"\n[hydra]\ninstance = \"{}\"\nproject = \"infra\"\njobset = \"main\"\n\
-         [system]\nnixos_rebuild = \"{r}/nixos-rebuild\"\ncurrent_system = \"{r}/current-system\"\n\
+         [system]\nnix = \"{r}/no-nix\"\nnixos_rebuild = \"{r}/nixos-rebuild\"\ncurrent_system = \"{r}/current-system\"\n\
          booted_system = \"{r}/current-system\"\nsystem_profile = \"{r}/current-system\"\n",
         hydra.url(),
         r = root.display()

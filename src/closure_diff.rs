@@ -29,6 +29,10 @@ pub fn diff_argv(nix: &Path, current: &str, target: &str) -> Vec<String> {
         nix.display().to_string(),
         "--extra-experimental-features".into(),
         "nix-command".into(),
+        // Only a log aid: never download for it (nixos-rebuild fetches what it needs).
+        "--option".into(),
+        "substituters".into(),
+        String::new(),
         "store".into(),
         "diff-closures".into(),
         current.into(),
@@ -61,7 +65,7 @@ pub async fn log(settings: &Settings, runner: &CommandRunner, target: &str) {
         ..runner.clone()
     };
     if let Err(e) = runner.run(&diff_argv(&nix, &current, target)).await {
-        tracing::warn!(error = %e, "closure diff failed; activating anyway");
+        tracing::info!(error = %e, "no closure diff (target not in the local store yet?); activating anyway");
     }
 }
 

@@ -23,6 +23,18 @@ async fn raw(rig: &Rig, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// Sends raw bytes and reads the first answer only (the connection may stay open).
+async fn raw_keep_alive(rig: &Rig, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr(rig)).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 fn status_line(answer: &str) -> &str {
     answer.lines().next().unwrap_or_default()
 }
@@ -191,9 +203,25 @@ async fn unknown_routes_and_methods() {
 }
 
 #[tokio::test]
-async fn a_bad_request_costs_the_client_its_connection() {
+async fn a_bad_request_costs_the_client_its_connection_under_pressure() {
     let rig = Rig::start("").await;
-    // Keep-alive is the default in HTTP/1.1: a good request keeps the connection, a 401 ends it.
+    // Without pressure a 401 keeps its keep-alive connection (cheaper for both sides).
+    let relaxed = raw_keep_alive(
+        &rig,
+        b"POST /v1/upgrade HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    assert!(status_line(&relaxed).contains("401"), "{relaxed}");
+    assert!(
+        !relaxed.to_ascii_lowercase().contains("connection: close"),
+        "{relaxed}"
+    );
+    // Half the connection slots held open: now a 401 ends its connection.
+    let mut held = Vec::new();
+    for _ in 0..nixos_hydra_upgrade::http::serve::PRESSURE_CONNECTIONS {
+        held.push(TcpStream::connect(addr(&rig)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let answer = raw(
         &rig,

@@ -130,7 +130,7 @@ async fn closure_diff_is_logged_before_activation() {
         rig.calls(),
         [
             format!(
-                "nix --extra-experimental-features nix-command store diff-closures {old} {target}"
+                "nix --extra-experimental-features nix-command --option substituters  store diff-closures {old} {target}"
             ),
             format!("nixos-rebuild switch --store-path {target}"),
         ]

@@ -48,9 +48,11 @@ pub async fn run(
         match accepted {
             Ok(Stream::Tcp(io)) => {
                 let _ = io.set_nodelay(true);
-                spawn_connection(io, app.clone(), shutdown.clone(), permit);
+                spawn_connection(io, app.clone(), shutdown.clone(), permit, slots.clone());
             }
-            Ok(Stream::Unix(io)) => spawn_connection(io, app.clone(), shutdown.clone(), permit),
+            Ok(Stream::Unix(io)) => {
+                spawn_connection(io, app.clone(), shutdown.clone(), permit, slots.clone())
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; retrying");
                 drop(permit);
@@ -88,11 +90,19 @@ fn builder() -> http1::Builder {
     builder
 }
 
-/// A client that sent a bad request (401, 413, …) loses its keep-alive connection, so a flood
-/// cannot hold every connection slot with busy keep-alives: each bad request costs a new
-/// connection, and a legitimate client waiting in the backlog gets a slot within moments.
-fn close_after_client_error(mut response: axum::response::Response) -> axum::response::Response {
-    if response.status().is_client_error() {
+/// Connections in use from which a bad request (401, 413, …) also closes its connection.
+pub const PRESSURE_CONNECTIONS: usize = MAX_CONNECTIONS / 2;
+
+/// Under pressure, a client that sent a bad request loses its keep-alive connection, so a flood
+/// cannot hold every slot with busy keep-alives: each bad request then costs a new connection,
+/// and a legitimate client waiting in the backlog gets a slot within moments. Below it, bad
+/// requests keep their connection, which costs less than closing and reconnecting.
+fn close_after_client_error(
+    mut response: axum::response::Response,
+    slots: &Semaphore,
+) -> axum::response::Response {
+    let in_use = MAX_CONNECTIONS.saturating_sub(slots.available_permits());
+    if response.status().is_client_error() && in_use >= PRESSURE_CONNECTIONS {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
@@ -106,13 +116,15 @@ fn spawn_connection<IO>(
     app: Router,
     shutdown: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
             let answer = app.clone().oneshot(request.map(axum::body::Body::new));
-            async move { answer.await.map(close_after_client_error) }
+            let slots = slots.clone();
+            async move { answer.await.map(|r| close_after_client_error(r, &slots)) }
         });
         let connection = builder().serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
