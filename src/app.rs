@@ -167,11 +167,12 @@ impl Running {
             ..
         } = self;
         let mut server = server;
-        tokio::select! {
-            result = &mut server => return flatten(result),
-            () = shutdown.cancelled() => {}
-        }
-        // A signal, or the worker after replacing the agent's own unit.
+        let ended = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown.cancelled() => None,
+        };
+        // A signal, the worker after replacing the agent's own unit, or the server failing.
+        shutdown.cancel();
         crate::systemd_notify::stopping();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, worker).await;
         // Hooks of the last attempt finish (each is bounded by hooks.timeout) before the exit.
@@ -183,9 +184,12 @@ impl Running {
         {
             tracing::warn!("hooks still running at exit were stopped");
         }
-        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-            Ok(result) => flatten(result),
-            Err(_) => Ok(()),
+        match ended {
+            Some(result) => flatten(result),
+            None => match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+                Ok(result) => flatten(result),
+                Err(_) => Ok(()),
+            },
         }
     }
 }

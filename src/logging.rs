@@ -7,17 +7,22 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; `RUST_LOG` overrides `default_level`.
+/// Installs the global subscriber; `RUST_LOG` (`level` or `target=level,…`) overrides
+/// `default_level`. (`Targets` rather than `EnvFilter`: no regex engine in the binary.)
 pub fn init(format: LogFormat, default_level: &str, to_stderr: bool) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let parse = |text: &str| text.parse::<Targets>().ok();
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| parse(&v))
+        .or_else(|| parse(default_level))
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match (format, to_stderr) {
         (LogFormat::Json, false) => registry.with(JsonLines).try_init(),
