@@ -188,16 +188,9 @@ async fn send(
 async fn wait_for_attempt(endpoint: &Endpoint, build: u64) -> Result<Value, String> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
-        let answer = request(
-            endpoint,
-            reqwest::Method::GET,
-            "/v1/status",
-            &[],
-            None,
-            Duration::from_secs(5),
-        )
-        .await?;
-        let status: Value = serde_json::from_slice(&answer.body).map_err(|e| e.to_string())?;
+        let status = crate::follow::fetch_status(endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
         if status["last_attempt"]["build"] == json!(build) {
             return Ok(status);
         }
