@@ -159,13 +159,7 @@ async fn trigger(
         body.insert("force".into(), true.into());
     }
     let body = Value::Object(body).to_string().into_bytes();
-    let id = generate_id();
-    let timestamp = jiff::Timestamp::now().as_second();
-    let headers = [
-        ("webhook-id", id.clone()),
-        ("webhook-timestamp", timestamp.to_string()),
-        ("webhook-signature", keys.sign(&id, timestamp, &body)),
-    ];
+    let headers = keys.headers(&generate_id(), &body);
     match request(
         &endpoint,
         reqwest::Method::POST,

@@ -164,12 +164,8 @@ async fn deliver(
     loop {
         tries += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let timestamp = jiff::Timestamp::now().as_second();
-        let headers = [
-            ("webhook-id", id.to_owned()),
-            ("webhook-timestamp", timestamp.to_string()),
-            ("webhook-signature", keys.sign(id, timestamp, body)),
-        ];
+        // Signed afresh each try: same id, current timestamp.
+        let headers = keys.headers(id, body);
         let timeout = remaining.min(ATTEMPT_TIMEOUT).max(Duration::from_millis(1));
         let result = request(
             endpoint,

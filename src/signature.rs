@@ -82,6 +82,16 @@ impl Keys {
         format!("v1,{}", STANDARD.encode(tag))
     }
 
+    /// The three Standard Webhooks headers for sending `body` now as message `id`.
+    pub fn headers(&self, id: &str, body: &[u8]) -> [(&'static str, String); 3] {
+        let timestamp = jiff::Timestamp::now().as_second();
+        [
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", self.sign(id, timestamp, body)),
+        ]
+    }
+
     /// Checks the three Standard Webhooks headers against `body` at time `now` (Unix seconds).
     pub fn verify(
         &self,
