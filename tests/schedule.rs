@@ -19,7 +19,13 @@ async fn a_two_second_schedule_polls_and_deploys() {
         .replace("dates = \"\"", "dates = \"*:*:0/2\"");
     std::fs::write(rig.path("agent.toml"), text).unwrap();
     rig.spawn_with_written_config().await;
-    let status = rig.status().await;
+    // The schedule task starts beside the server: give it a moment to publish next_poll.
+    let started = Instant::now();
+    let mut status = rig.status().await;
+    while status["next_poll"].is_null() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = rig.status().await;
+    }
     assert!(
         status["next_poll"].is_string(),
         "next_poll is shown: {status}"
