@@ -668,11 +668,7 @@ fn health(name: &str, canaries: usize, silent: usize, unassigned: usize, runs: u
     joined.unwrap();
 }
 
-fn check_results(
-    what: &str,
-    results: &[nixos_hydra_upgrade::health::CheckResult],
-    canaries: usize,
-) {
+fn check_results(what: &str, results: &[nixos_hydra_upgrade::model::CheckResult], canaries: usize) {
     let failed: Vec<_> = results[..canaries].iter().filter(|r| !r.passed).collect();
     if let Some(first) = failed.first() {
         eprintln!(

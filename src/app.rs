@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Listen, Settings};
 use crate::http::{self, Listener};
 use crate::hydra::{HydraClient, HydraError};
+use crate::ledger::{Loaded, StateError, StateStore};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::replay::ReplayGuard;
 use crate::signature::{KeyError, Keys};
-use crate::state::{Loaded, StateError, StateStore};
 use crate::upgrade::{self, PhaseCell};
 
 /// How long `serve` waits for open requests after a shutdown signal before it exits anyway.

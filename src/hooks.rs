@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use crate::app::Agent;
 use crate::metrics::HookCounter;
-use crate::state::{Attempt, Outcome, Reboot};
+use crate::model::{Attempt, Outcome, Reboot};
 use crate::upgrade::runner::{CommandRunner, RunError};
 
 /// `[hooks]`: each an argv (no shell), empty for none.
@@ -112,8 +112,11 @@ impl HooksConfig {
                 vec![Hook::Success, Hook::RebootNeeded]
             }
             Outcome::Upgraded => vec![Hook::Success],
-            Outcome::Current => vec![],
-            Outcome::Unhealthy | Outcome::Failed => vec![Hook::Failure],
+            Outcome::Current | Outcome::DryRun => vec![],
+            Outcome::Unhealthy
+            | Outcome::Failed
+            | Outcome::Interrupted
+            | Outcome::DeferredTimeout => vec![Hook::Failure],
             Outcome::RolledBack if self.on_rollback.is_empty() => vec![Hook::Failure],
             Outcome::RolledBack => vec![Hook::Rollback],
         };
@@ -151,7 +154,14 @@ pub fn environment(
         ("EVENT", hook.event().to_owned()),
         ("HOST", host.to_owned()),
         ("BUILD", attempt.build.to_string()),
-        ("PATH", attempt.path.clone().unwrap_or_default()),
+        (
+            "PATH",
+            attempt
+                .path
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        ),
         ("OUTCOME", attempt.outcome.as_str().to_owned()),
         ("ERROR", attempt.error.clone().unwrap_or_default()),
         ("REBOOT", reboot.to_owned()),
@@ -220,12 +230,15 @@ async fn run_all(runner: CommandRunner, jobs: Vec<HookRun>, counter: HookCounter
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::state::{Source, now};
+    use crate::model::{Source, now};
 
     fn attempt(outcome: Outcome, reboot: Reboot) -> Attempt {
         Attempt {
             build: 7,
-            path: Some("/nix/store/x".into()),
+            path: Some(
+                crate::model::StorePath::parse("/nix/store/00000000000000000000000000000000-x")
+                    .unwrap(),
+            ),
             source: Source::Manual,
             outcome,
             reboot,

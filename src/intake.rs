@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 
 use crate::app::Agent;
-use crate::hydra::{HydraError, Target};
-use crate::queue::{Decision, Job};
-use crate::state::{Source, now};
+use crate::hydra::HydraError;
+use crate::model::{Job, Source, Target, now};
+use crate::queue::Decision;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpgradeRequest {

@@ -1,28 +1,34 @@
 //! nixos-hydra-upgrade: upgrades a NixOS host the moment its system closure turns green in Hydra.
+//!
+//! Layers (docs/architecture.md; `tests/layering.rs` keeps them): `model` names things and uses
+//! nothing; the leaves use only `model`; components are handed their parts by `app`; `cli` talks
+//! to the agent over HTTP.
 
-pub mod app;
+// The vocabulary.
+pub mod model;
+
+// Leaves.
 pub mod calendar;
-pub mod cli;
-pub mod client;
-pub mod closure_diff;
-pub mod commands;
 pub mod config;
-pub mod demo;
-pub mod follow;
 pub mod health;
-pub mod hooks;
-pub mod http;
 pub mod hydra;
-pub mod intake;
+pub mod ledger;
 pub mod logging;
 pub mod metrics;
-pub mod notify;
+pub mod net;
 pub mod queue;
-pub mod recovery;
 pub mod replay;
-pub mod schedule;
 pub mod signature;
-pub mod state;
-pub mod status_view;
 pub mod systemd_notify;
+
+// Components, and the composition root that builds them.
+pub mod app;
+pub mod hooks;
+pub mod http;
+pub mod intake;
+pub mod recovery;
+pub mod schedule;
 pub mod upgrade;
+
+// The command line.
+pub mod cli;

@@ -4,5 +4,5 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = nixos_hydra_upgrade::cli::Cli::parse();
-    std::process::ExitCode::from(nixos_hydra_upgrade::commands::run(cli.command))
+    std::process::ExitCode::from(nixos_hydra_upgrade::cli::run(cli.command))
 }

@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry, Unit};
 
-use crate::state::{Attempt, Outcome, PersistedState, Reboot};
-use crate::upgrade::Phase;
+use crate::ledger::PersistedState;
+use crate::model::{Attempt, Outcome, Phase, Reboot};
 
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -332,7 +332,7 @@ impl Metrics {
             self.deployed_info
                 .get_or_create(&vec![
                     ("build", d.build.to_string()),
-                    ("path", d.path.clone()),
+                    ("path", d.path.to_string()),
                 ])
                 .set(1);
         }

@@ -4,20 +4,8 @@
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
-use jiff::Timestamp;
+use crate::model::Job;
 use tokio::sync::Notify;
-
-use crate::hydra::Target;
-use crate::state::Source;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    pub target: Target,
-    pub source: Source,
-    /// A manual request that may redeploy or go back.
-    pub force: bool,
-    pub received_at: Timestamp,
-}
 
 /// What to do with a request for a build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,12 +151,17 @@ fn decide(slots: &Slots, build: u64, force: bool) -> Decision {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::model::{Source, StorePath, Target};
+    use jiff::Timestamp;
 
     fn job(build: u64, force: bool) -> Job {
         Job {
             target: Target {
                 build,
-                path: format!("/nix/store/{build}"),
+                path: StorePath::parse(&format!(
+                    "/nix/store/00000000000000000000000000000000-{build}"
+                ))
+                .unwrap(),
                 flake: None,
             },
             source: Source::Hydra,

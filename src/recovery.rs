@@ -73,10 +73,10 @@ pub async fn learn(agent: std::sync::Arc<Agent>) {
         Ok(Some(target)) => {
             let saved = agent.store.update(|s| {
                 if s.deployed.is_none() {
-                    s.deployed = Some(crate::state::Deployed {
+                    s.deployed = Some(crate::model::Deployed {
                         build: target.build,
                         path: target.path.clone(),
-                        at: crate::state::now(),
+                        at: crate::model::now(),
                     });
                 }
                 s.deployed_unknown = false;

@@ -10,9 +10,9 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Agent;
-use crate::calendar::{CalendarError, CalendarEvent, parse_base_time, render};
+use crate::calendar::CalendarEvent;
 use crate::intake::{Intake, UpgradeRequest, intake};
-use crate::state::{Source, now};
+use crate::model::{Source, now};
 
 /// Sleeps are cut into slices this long so a wall-clock jump (suspend, NTP) is noticed.
 const SLICE: Duration = Duration::from_secs(30);
@@ -128,34 +128,5 @@ async fn poll(agent: &Agent) {
     }
     if let Err(e) = agent.store.update(|s| s.last_poll = Some(now())) {
         tracing::error!(error = %e, "cannot record the poll time");
-    }
-}
-
-/// `calendar`: prints the normalized form and the next elapses (exit 0), or the error (exit 2).
-pub fn calendar_command(expr: &str, iterations: u32, base: Option<&str>, json: bool) -> u8 {
-    let base = match base.map(parse_base_time).transpose() {
-        Ok(base) => base.unwrap_or_else(Timestamp::now),
-        Err(e) => {
-            eprintln!("nixos-hydra-upgrade: {e}");
-            return 2;
-        }
-    };
-    match render(expr, iterations, base, &TimeZone::system(), json) {
-        Ok(text) => {
-            print!("{text}");
-            if !text.ends_with('\n') {
-                println!();
-            }
-            0
-        }
-        Err(e) => {
-            eprintln!("nixos-hydra-upgrade: {e}");
-            // systemd-analyze fails the same way when its search gives up on a valid event.
-            if matches!(e, CalendarError::Stuck { .. }) {
-                1
-            } else {
-                2
-            }
-        }
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use nixos_hydra_upgrade::calendar::CalendarEvent;
 use nixos_hydra_upgrade::http::upgrade::{Parsed, parse_body};
 use nixos_hydra_upgrade::hydra::build_id_from_location;
-use nixos_hydra_upgrade::hydra::models::{Build, ErrorBody, Eval, is_store_path};
+use nixos_hydra_upgrade::hydra::models::{Build, ErrorBody, Eval};
+use nixos_hydra_upgrade::model::StorePath;
 use nixos_hydra_upgrade::signature::{Headers, Keys, is_valid_id};
 
 const SECRET: &str =
@@ -267,7 +268,7 @@ fn hydra_models_and_location() {
             if let Ok(build) = serde_json::from_slice::<Build>(input) {
                 for output in build.buildoutputs.values() {
                     if let Some(path) = &output.path
-                        && is_store_path(path)
+                        && StorePath::parse(path).is_ok()
                     {
                         assert!(path.starts_with("/nix/store/") && path.len() > 44);
                         assert!(!path[11..].contains('/'));

@@ -28,7 +28,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
-use nixos_hydra_upgrade::health::{Check, CheckKind, CheckResult, HealthChecksConfig, run_phase};
+use nixos_hydra_upgrade::health::{Check, CheckKind, HealthChecksConfig, run_phase};
+use nixos_hydra_upgrade::model::CheckResult;
 
 const SILENT_V4: &str = "169.254.77.2";
 const SILENT_V6: &str = "fd6e:6875::2";

@@ -5,12 +5,11 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use super::Outcome;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
-
-use super::Outcome;
 
 /// At most this much of stdout and of stderr is kept; the rest is read and dropped.
 const OUTPUT_CAP: usize = 64 * 1024;

@@ -8,10 +8,9 @@
 use std::error::Error as _;
 use std::time::Duration;
 
+use super::Outcome;
 use reqwest::redirect::Policy;
 use tokio::time::Instant;
-
-use super::Outcome;
 
 /// At most this much of the body is searched for `body_contains`.
 pub(super) const BODY_CAP: usize = 1024 * 1024;

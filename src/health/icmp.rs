@@ -7,10 +7,9 @@ use std::time::Duration;
 use std::sync::Arc;
 use surge_ping::{Client, Config, ICMP, IcmpPacket, PingIdentifier, PingSequence, SurgeError};
 
+use super::Outcome;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
-
-use super::Outcome;
 
 /// Echo payload: recognisable in a packet capture.
 const PAYLOAD: &[u8] = b"nixos-hydra-upgr";

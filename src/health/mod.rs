@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use crate::model::CheckResult;
 
 pub use self::config::{
     DEFAULT_DEADLINE, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_SETTLE, DEFAULT_SYSTEMCTL,
@@ -85,19 +86,6 @@ impl CheckKind {
             Self::Command { argv } => argv.join(" "),
         }
     }
-}
-
-/// The outcome of one check, as shown in the table, the log and `/v1/status`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct CheckResult {
-    pub name: String,
-    pub kind: String,
-    pub passed: bool,
-    /// e.g. "0.04 ms reply from ::1", "connection refused", "status 503".
-    pub detail: String,
-    /// Attempts started (1 + retries used).
-    pub attempts: u32,
-    pub duration_ms: u64,
 }
 
 /// What one attempt found: `Ok(detail)` passed, `Err(detail)` failed.

@@ -1,6 +1,5 @@
 //! The result table that `check` prints: name, kind, result (ok/FAIL + detail), time.
-
-use super::CheckResult;
+use crate::model::CheckResult;
 
 /// A table of results (name, kind, result, time) and a summary line, for `check`.
 pub fn render_table(results: &[CheckResult]) -> String {

@@ -3,10 +3,9 @@
 use std::io;
 use std::net::SocketAddr;
 
+use super::Outcome;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-use super::Outcome;
 
 /// One attempt: resolve `address`, connect to its addresses in turn until one accepts.
 pub(super) async fn check(address: &str) -> Outcome {

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use crate::app::Agent;
 use crate::metrics::Scrape;
-use crate::upgrade::{Phase, resolve_link};
+use crate::model::Phase;
+use crate::upgrade::resolve_link;
 
 /// The worker's phase, or `verifying` while it idles and Hydra is being asked.
 pub fn phase(agent: &Agent) -> (Phase, jiff::Timestamp) {
@@ -29,7 +30,7 @@ pub fn snapshot(agent: &Agent) -> Value {
     let current_system =
         resolve_link(&agent.settings.system.current_system).map(|p| p.display().to_string());
     let elapsed = (jiff::Timestamp::now().as_second() - since.as_second()).max(0);
-    let job = |j: crate::queue::Job| json!({ "build": j.target.build, "source": j.source, "path": j.target.path, "since": j.received_at });
+    let job = |j: crate::model::Job| json!({ "build": j.target.build, "source": j.source, "path": j.target.path, "since": j.received_at });
     json!({
         "phase": phase,
         "phase_since": since,

@@ -14,8 +14,8 @@ use super::answer::Answer;
 use crate::app::Agent;
 use crate::config::MAX_BODY_BYTES;
 use crate::intake::{UpgradeRequest, intake};
+use crate::model::Source;
 use crate::signature::Headers;
-use crate::state::Source;
 
 /// At most one warning per this interval sums up unauthenticated requests.
 const UNAUTHENTICATED_WARN_EVERY: Duration = Duration::from_secs(10);

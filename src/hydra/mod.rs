@@ -9,21 +9,13 @@ use std::time::{Duration, Instant};
 use reqwest::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use crate::client::describe;
 use crate::config::{Activation, Settings};
-use models::{Build, ErrorBody, Eval, is_store_path};
+use crate::model::{FlakeRef, StorePath, Target};
+use crate::net::describe;
+use models::{Build, ErrorBody, Eval};
 
 /// Hydra answers larger than this are treated as garbage.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// What the worker deploys: a build Hydra confirmed, with its out path (and flake for flake activation).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Target {
-    pub build: u64,
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flake: Option<String>,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HydraError {
@@ -139,9 +131,10 @@ impl HydraClient {
         let path = build
             .buildoutputs
             .get("out")
-            .and_then(|o| o.path.clone())
-            .filter(|p| is_store_path(p))
-            .ok_or_else(|| HydraError::Rejected(format!("{what}: no valid out path")))?;
+            .and_then(|o| o.path.as_deref())
+            .ok_or_else(|| HydraError::Rejected(format!("{what}: no out path")))?;
+        let path = StorePath::parse(path)
+            .map_err(|e| HydraError::Rejected(format!("{what}: out path refused: {e}")))?;
         let flake = match self.activation {
             Activation::StorePath => None,
             Activation::Flake => Some(self.flake_of(&build, &what).await?),
@@ -157,7 +150,7 @@ impl HydraClient {
     }
 
     /// The locked flake of the newest evaluation that contains the build.
-    async fn flake_of(&self, build: &Build, what: &str) -> Result<String, HydraError> {
+    async fn flake_of(&self, build: &Build, what: &str) -> Result<FlakeRef, HydraError> {
         let eval_id = build.jobsetevals.iter().copied().max().ok_or_else(|| {
             HydraError::Rejected(format!("{what}: belongs to no evaluation, so no flake"))
         })?;
@@ -171,13 +164,13 @@ impl HydraClient {
                 eval.id
             )));
         }
-        eval.flake
-            .filter(|f| !f.is_empty() && !f.contains(char::is_whitespace) && !f.contains('#'))
-            .ok_or_else(|| {
-                HydraError::Rejected(format!(
-                    "{eval_what}: no flake (a legacy jobset); use activation = \"store-path\""
-                ))
-            })
+        let flake = eval.flake.filter(|f| !f.is_empty()).ok_or_else(|| {
+            HydraError::Rejected(format!(
+                "{eval_what}: no flake (a legacy jobset); use activation = \"store-path\""
+            ))
+        })?;
+        FlakeRef::parse(&flake)
+            .map_err(|e| HydraError::Rejected(format!("{eval_what}: flake refused: {e}")))
     }
 
     async fn get(&self, path: &str, what: &str) -> Result<reqwest::Response, HydraError> {

@@ -1,12 +1,10 @@
 //! The nixos-rebuild (and reboot) command lines of SPEC §6, as data, and the sequence that runs them.
 
 use crate::config::{Activation, Operation, Settings};
-use crate::hydra::Target;
-use crate::state::Reboot;
 
-use super::Phase;
 use super::reboot::{self, Plan};
 use super::runner::{CommandRunner, RunError};
+use crate::model::{Phase, Reboot, Target};
 
 /// `--store-path <out>` or `--flake <flake>#<host>`.
 pub fn target_args(settings: &Settings, target: &Target) -> Vec<String> {
@@ -14,7 +12,7 @@ pub fn target_args(settings: &Settings, target: &Target) -> Vec<String> {
         (Activation::Flake, Some(flake)) => {
             vec!["--flake".into(), format!("{flake}#{}", settings.host)]
         }
-        _ => vec!["--store-path".into(), target.path.clone()],
+        _ => vec!["--store-path".into(), target.path.to_string()],
     }
 }
 
@@ -113,8 +111,11 @@ mod tests {
     fn argv_for_each_activation_and_operation() {
         let target = Target {
             build: 7,
-            path: "/nix/store/abc-nixos-system-web1".into(),
-            flake: Some("github:acme/infra/0123".into()),
+            path: crate::model::StorePath::parse(
+                "/nix/store/00000000000000000000000000000000-nixos-system-web1",
+            )
+            .unwrap(),
+            flake: Some(crate::model::FlakeRef::parse("github:acme/infra/0123").unwrap()),
         };
         let store = settings("");
         let flake = settings("activation = \"flake\"");

@@ -2,6 +2,7 @@
 //! the attempt.
 
 pub mod activate;
+pub mod closure_diff;
 pub mod reboot;
 pub mod rollback;
 pub mod runner;
@@ -12,45 +13,12 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use jiff::Timestamp;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::Agent;
-use crate::health::CheckResult;
-use crate::queue::Job;
-use crate::state::{Attempt, Deployed, InFlight, Outcome, Reboot, now};
+use crate::model::{Attempt, CheckResult, Deployed, InFlight, Job, Outcome, Phase, Reboot, now};
 use runner::{CommandRunner, RunError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    Idle,
-    Verifying,
-    Checking,
-    Activating,
-    Rebooting,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 5] = [
-        Phase::Idle,
-        Phase::Verifying,
-        Phase::Checking,
-        Phase::Activating,
-        Phase::Rebooting,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Verifying => "verifying",
-            Phase::Checking => "checking",
-            Phase::Activating => "activating",
-            Phase::Rebooting => "rebooting",
-        }
-    }
-}
 
 /// The worker's phase and since when it is in it.
 pub struct PhaseCell(Mutex<(Phase, Timestamp)>);
@@ -117,7 +85,7 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
     };
     tracing::info!(path = %target.path, source = ?job.source, force = job.force, "attempt started");
 
-    agent.phase.set(Phase::Checking);
+    agent.phase.set(Phase::PreChecking);
     let pre = crate::health::run_phase(
         &rollback::checks(settings, false),
         settings.health_checks.deadline,
@@ -152,6 +120,7 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         source: job.source,
         started_at: record.started_at,
         previous_system: previous_system.clone(),
+        live: settings.operation.is_live(),
     };
     if let Err(e) = agent.store.update(|s| s.in_flight = Some(marker)) {
         record.error = Some(format!(
@@ -167,7 +136,7 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         dry_run: settings.dry_run,
         cancel: shutdown.child_token(),
     };
-    crate::closure_diff::log(settings, &runner, &target.path).await;
+    closure_diff::log(settings, &runner, target.path.as_str()).await;
     let activated = activate::activate(settings, &runner, target, |p| agent.phase.set(p)).await;
     let live = match activated {
         Ok(done) => {
@@ -196,12 +165,12 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         }
     };
     if live && !settings.dry_run {
-        agent.phase.set(Phase::Checking);
+        agent.phase.set(Phase::PostChecking);
         let post = rollback::post_checks(settings).await;
         let failed = first_failure("post-check", &post);
         record.checks.extend(post);
         if let Some(failure) = failed {
-            agent.phase.set(Phase::Activating);
+            agent.phase.set(Phase::RollingBack);
             let previous = resolve_previous(agent);
             let note = match rollback::roll_back(settings, &runner, previous.as_deref()).await {
                 Ok(after) => {
@@ -263,10 +232,13 @@ fn first_failure(phase: &str, results: &[CheckResult]) -> Option<String> {
 fn finish(agent: &Agent, mut record: Attempt, clock: Instant) {
     agent.phase.set(Phase::Idle);
     record.finished_at = now();
-    let deployed =
-        matches!(record.outcome, Outcome::Upgraded | Outcome::Current).then(|| Deployed {
+    let deployed = record
+        .path
+        .clone()
+        .filter(|_| record.outcome.deploys())
+        .map(|path| Deployed {
             build: record.build,
-            path: record.path.clone().unwrap_or_default(),
+            path,
             at: record.finished_at,
         });
     let rolled_back = (record.outcome == Outcome::RolledBack).then_some(record.build);
@@ -307,7 +279,7 @@ pub fn settle_interrupted(agent: &Agent) {
     let profile = resolve_link(&system.system_profile);
     let landed = [running, profile]
         .iter()
-        .any(|p| p.as_deref() == Some(Path::new(&flight.path)));
+        .any(|p| p.as_deref() == Some(Path::new(flight.path.as_str())));
     let (outcome, error) = if landed {
         (Outcome::Upgraded, None)
     } else {

@@ -3,9 +3,10 @@
 use std::path::Path;
 
 use crate::config::{Activation, Operation, Settings};
-use crate::health::{self, Check, CheckKind, CheckResult};
+use crate::health::{self, Check, CheckKind};
 
 use super::runner::{CommandRunner, RunError};
+use crate::model::CheckResult;
 
 /// The configured checks of one phase, with the `systemctl` of `[system]`.
 pub fn checks(settings: &Settings, post: bool) -> Vec<Check> {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Endpoint, request};
+use crate::cli::client::{Endpoint, request};
+use crate::cli::notify::{NotifyOptions, notify};
 use crate::config::Settings;
 use crate::hydra::sim::HydraSim;
-use crate::notify::{NotifyOptions, notify};
 use crate::signature::generate_secret;
 
 const PROJECT: &str = "infra";
@@ -121,7 +121,7 @@ pub async fn run() -> Result<(), String> {
     );
 
     stage(7, "the agent's status");
-    print!("{}", crate::status_view::describe(&status));
+    print!("{}", crate::cli::status_view::describe(&status));
     println!(
         "   deployed path matches Hydra's out path: {}",
         status["deployed"]["path"] == json!(newest)
@@ -188,7 +188,7 @@ async fn send(
 async fn wait_for_attempt(endpoint: &Endpoint, build: u64) -> Result<Value, String> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
-        let status = crate::follow::fetch_status(endpoint)
+        let status = crate::cli::follow::fetch_status(endpoint)
             .await
             .map_err(|e| e.to_string())?;
         if status["last_attempt"]["build"] == json!(build) {

@@ -9,92 +9,12 @@ use std::sync::{Mutex, MutexGuard};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::health::CheckResult;
+use crate::model::{Attempt, Deployed, InFlight};
 
 /// How many attempts `history` keeps.
 pub const HISTORY_LEN: usize = 20;
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    Hydra,
-    Manual,
-    Schedule,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    Upgraded,
-    Current,
-    Unhealthy,
-    Failed,
-    RolledBack,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Upgraded,
-        Outcome::Current,
-        Outcome::Unhealthy,
-        Outcome::Failed,
-        Outcome::RolledBack,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Upgraded => "upgraded",
-            Outcome::Current => "current",
-            Outcome::Unhealthy => "unhealthy",
-            Outcome::Failed => "failed",
-            Outcome::RolledBack => "rolled-back",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reboot {
-    None,
-    Scheduled,
-    Deferred,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deployed {
-    pub build: u64,
-    pub path: String,
-    pub at: Timestamp,
-}
-
-/// An attempt that reached activation; written before the first command runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InFlight {
-    pub build: u64,
-    pub path: String,
-    pub source: Source,
-    pub started_at: Timestamp,
-    /// What `current_system` pointed to before, for rollback and for settling after a crash.
-    #[serde(default)]
-    pub previous_system: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Attempt {
-    pub build: u64,
-    #[serde(default)]
-    pub path: Option<String>,
-    pub source: Source,
-    pub outcome: Outcome,
-    pub reboot: Reboot,
-    pub error: Option<String>,
-    pub started_at: Timestamp,
-    pub finished_at: Timestamp,
-    #[serde(default)]
-    pub checks: Vec<CheckResult>,
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersistedState {
@@ -240,15 +160,11 @@ fn write_atomically(dir: &Path, state: &PersistedState) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Now, to the second (fractions only clutter the status).
-pub fn now() -> Timestamp {
-    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::model::{Outcome, Reboot, Source, now};
 
     fn attempt(build: u64) -> Attempt {
         Attempt {
@@ -277,7 +193,10 @@ mod tests {
                 .update(|s| {
                     s.deployed = Some(Deployed {
                         build: 25,
-                        path: "/nix/store/x".into(),
+                        path: crate::model::StorePath::parse(
+                            "/nix/store/00000000000000000000000000000000-x",
+                        )
+                        .unwrap(),
                         at: now(),
                     })
                 })

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client::{Endpoint, request};
+use crate::cli::client::{Endpoint, request};
 use crate::config::MAX_BODY_BYTES;
 use crate::signature::{Keys, generate_id};
 

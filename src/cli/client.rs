@@ -1,6 +1,7 @@
 //! Talks to an agent's HTTP API from the command line: `http(s)://` URLs through reqwest, and
 //! `unix:/path` sockets through hyper.
 
+use crate::net::describe;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -156,20 +157,6 @@ async fn unix_request(
         status,
         body: bytes.to_vec(),
     })
-}
-
-/// reqwest's Display hides the cause ("error sending request"); name it.
-pub fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".into();
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

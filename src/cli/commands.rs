@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cli::Command;
-use crate::client::{Endpoint, request};
+use crate::cli::client::{Endpoint, request};
+use crate::cli::notify::{NotifyError, NotifyOptions};
 use crate::config::{LogFormat, Settings};
-use crate::notify::{NotifyError, NotifyOptions};
 use crate::signature::{Keys, generate_id};
 
 const OK: u8 = 0;
@@ -79,7 +79,7 @@ pub fn run(command: Command) -> u8 {
                 hydra_json,
                 deadline,
             };
-            match runtime.block_on(crate::notify::notify(options)) {
+            match runtime.block_on(crate::cli::notify::notify(options)) {
                 Ok(report) => {
                     for line in &report.lines {
                         println!("{line}");
@@ -111,8 +111,8 @@ pub fn run(command: Command) -> u8 {
             base_time,
             json,
             expr,
-        } => crate::schedule::calendar_command(&expr, iterations, base_time.as_deref(), json),
-        Command::Demo => match runtime.block_on(crate::demo::run()) {
+        } => crate::cli::calendar::run(&expr, iterations, base_time.as_deref(), json),
+        Command::Demo => match runtime.block_on(crate::cli::demo::run()) {
             Ok(()) => OK,
             Err(e) => fail(&e),
         },
@@ -145,7 +145,7 @@ async fn trigger(
         Err(e) => return fail(&e.to_string()),
     };
     let baseline = match wait {
-        Some(_) => match crate::follow::baseline(&endpoint).await {
+        Some(_) => match crate::cli::follow::baseline(&endpoint).await {
             Ok(b) => b,
             Err(e) => return fail(&e.to_string()),
         },
@@ -182,7 +182,7 @@ async fn trigger(
             match (wait, serde_json::from_slice::<Value>(&answer.body)) {
                 (None, _) => OK,
                 (Some(timeout), Ok(body)) => {
-                    crate::follow::follow(&endpoint, &body, &baseline, timeout).await
+                    crate::cli::follow::follow(&endpoint, &body, &baseline, timeout).await
                 }
                 (Some(_), Err(e)) => fail(&format!("the answer is not JSON: {e}")),
             }
@@ -222,7 +222,7 @@ async fn status(url: &str, json: bool) -> u8 {
     }
     match serde_json::from_slice::<Value>(&answer.body) {
         Ok(value) => {
-            print!("{}", crate::status_view::describe(&value));
+            print!("{}", crate::cli::status_view::describe(&value));
             OK
         }
         Err(e) => fail(&format!("status is not JSON: {e}")),
