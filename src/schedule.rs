@@ -17,17 +17,6 @@ use crate::model::{Source, now};
 /// Sleeps are cut into slices this long so a wall-clock jump (suspend, NTP) is noticed.
 const SLICE: Duration = Duration::from_secs(30);
 
-/// `dates` is a systemd calendar event, or "" for no schedule.
-pub fn validate_dates(dates: &str) -> Result<(), String> {
-    if dates.is_empty() {
-        return Ok(());
-    }
-    dates
-        .parse::<CalendarEvent>()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 /// RFC 3339 with the zone's offset, as `/v1/status` shows `next_poll`.
 pub fn rfc3339(zoned: &Zoned) -> String {
     zoned.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()

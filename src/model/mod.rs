@@ -6,6 +6,6 @@ mod store_path;
 mod target;
 
 pub use attempt::{Attempt, CheckResult, Deployed, InFlight, Outcome, Reboot, now};
-pub use phase::{Phase, Waiting, WaitingFor};
+pub use phase::{Phase, Verdict, Waiting, WaitingFor};
 pub use store_path::{FlakeRef, StorePath, ValueError};
 pub use target::{Job, Source, Target};

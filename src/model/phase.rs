@@ -88,3 +88,15 @@ pub struct Waiting {
     /// When the worker looks again.
     pub until: Timestamp,
 }
+
+/// What a condition on activation (window, gate, rollout wave) says now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Open,
+    /// Not yet: wait for `what`, and look again after `recheck`.
+    Closed {
+        what: WaitingFor,
+        detail: String,
+        recheck: std::time::Duration,
+    },
+}

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{RebootWindow, TimeOfDay};
+use crate::config::{TimeOfDay, TimeWindow};
 
 /// The boot-critical parts of a system closure (as nixpkgs' system.autoUpgrade compares them).
 const BOOT_FILES: [&str; 3] = ["initrd", "kernel", "kernel-modules"];
@@ -28,7 +28,7 @@ pub fn boot_files_differ(booted_system: &Path, system_profile: &Path) -> bool {
         .any(|name| resolve(booted_system, name) != resolve(system_profile, name))
 }
 
-pub fn plan(differ: bool, window: Option<RebootWindow>, now: TimeOfDay) -> Plan {
+pub fn plan(differ: bool, window: Option<TimeWindow>, now: TimeOfDay) -> Plan {
     match (differ, window) {
         (false, _) => Plan::NoReboot,
         (true, None) => Plan::RebootNow,
@@ -54,11 +54,11 @@ mod tests {
     #[test]
     fn plan_table() {
         let t = |s| TimeOfDay::parse(s).unwrap();
-        let window = Some(RebootWindow {
+        let window = Some(TimeWindow {
             lower: t("01:00"),
             upper: t("05:00"),
         });
-        let night = Some(RebootWindow {
+        let night = Some(TimeWindow {
             lower: t("22:00"),
             upper: t("02:00"),
         });

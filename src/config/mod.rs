@@ -1,11 +1,22 @@
 //! The agent's TOML config file turned into validated `Settings` (SPEC §3).
 
+mod hooks;
+mod hydra;
+mod system;
+mod window;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::health::HealthChecksConfig;
+
+pub use hooks::{Hook, HookError, HooksConfig};
+pub use hydra::HydraConfig;
+use hydra::check_name;
+pub use system::SystemConfig;
+pub use window::{TimeOfDay, TimeWindow};
 
 /// Largest allowed upgrade request body (SPEC §4).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -64,48 +75,6 @@ pub enum LogFormat {
     Text,
 }
 
-/// A wall-clock time of day, minutes since midnight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeOfDay(pub u16);
-
-impl TimeOfDay {
-    pub fn parse(text: &str) -> Option<TimeOfDay> {
-        let (h, m) = text.split_once(':')?;
-        if h.is_empty() || h.len() > 2 || m.len() != 2 {
-            return None;
-        }
-        let h: u16 = h.parse().ok()?;
-        let m: u16 = m.parse().ok()?;
-        (h < 24 && m < 60).then_some(TimeOfDay(h * 60 + m))
-    }
-}
-
-impl<'de> Deserialize<'de> for TimeOfDay {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        TimeOfDay::parse(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("\"{text}\" is not a time HH:MM")))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RebootWindow {
-    pub lower: TimeOfDay,
-    pub upper: TimeOfDay,
-}
-
-impl RebootWindow {
-    /// Whether `now` lies in the window; `lower > upper` spans midnight.
-    pub fn contains(&self, now: TimeOfDay) -> bool {
-        if self.lower.0 <= self.upper.0 {
-            self.lower.0 <= now.0 && now.0 <= self.upper.0
-        } else {
-            now.0 >= self.lower.0 || now.0 <= self.upper.0
-        }
-    }
-}
-
 /// Where the HTTP API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
@@ -118,50 +87,6 @@ impl std::fmt::Display for Listen {
         match self {
             Listen::Tcp(addr) => write!(f, "{addr}"),
             Listen::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HydraConfig {
-    pub instance: String,
-    pub project: String,
-    pub jobset: String,
-    #[serde(default)]
-    pub job: Option<String>,
-    #[serde(default = "default_hydra_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SystemConfig {
-    pub nixos_rebuild: String,
-    pub reboot_command: Vec<String>,
-    pub current_system: PathBuf,
-    pub booted_system: PathBuf,
-    pub system_profile: PathBuf,
-    /// For `systemd` health checks.
-    pub systemctl: String,
-    /// For the closure diff logged before activation (skipped when not found).
-    pub nix: String,
-    /// The agent's own unit: a switch that changes `etc/systemd/system/<unit>` makes it exit 0
-    /// so systemd starts the new version.
-    pub unit: String,
-}
-
-impl Default for SystemConfig {
-    fn default() -> Self {
-        SystemConfig {
-            nixos_rebuild: "nixos-rebuild".into(),
-            reboot_command: vec!["systemctl".into(), "reboot".into()],
-            current_system: "/run/current-system".into(),
-            booted_system: "/run/booted-system".into(),
-            system_profile: "/nix/var/nix/profiles/system".into(),
-            systemctl: "systemctl".into(),
-            nix: "nix".into(),
-            unit: "nixos-hydra-upgrade.service".into(),
         }
     }
 }
@@ -180,7 +105,7 @@ struct RawConfig {
     #[serde(default)]
     allow_reboot: bool,
     #[serde(default)]
-    reboot_window: Option<RebootWindow>,
+    reboot_window: Option<TimeWindow>,
     #[serde(default = "default_activation_timeout", with = "humantime_serde")]
     activation_timeout: Duration,
     #[serde(default = "default_dates")]
@@ -207,7 +132,7 @@ struct RawConfig {
     #[serde(default)]
     system: SystemConfig,
     #[serde(default)]
-    hooks: crate::hooks::HooksConfig,
+    hooks: HooksConfig,
 }
 
 /// Validated settings; every field has its final value.
@@ -218,7 +143,7 @@ pub struct Settings {
     pub activation: Activation,
     pub flags: Vec<String>,
     pub allow_reboot: bool,
-    pub reboot_window: Option<RebootWindow>,
+    pub reboot_window: Option<TimeWindow>,
     pub activation_timeout: Duration,
     pub dates: String,
     pub randomized_delay: Duration,
@@ -237,7 +162,7 @@ pub struct Settings {
     pub hydra_timeout: Duration,
     pub health_checks: HealthChecksConfig,
     pub system: SystemConfig,
-    pub hooks: crate::hooks::HooksConfig,
+    pub hooks: HooksConfig,
 }
 
 fn default_operation() -> Operation {
@@ -266,9 +191,6 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_log_format() -> LogFormat {
     LogFormat::Json
-}
-fn default_hydra_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 impl Settings {
@@ -361,7 +283,7 @@ impl Settings {
                 "is set but allow_reboot is false; set allow_reboot = true or remove it".into(),
             ));
         }
-        crate::schedule::validate_dates(&raw.dates).map_err(|m| invalid("dates", m))?;
+        validate_dates(&raw.dates).map_err(|m| invalid("dates", m))?;
         raw.health_checks
             .validate()
             .map_err(|e| invalid("health_checks", e.to_string()))?;
@@ -403,21 +325,6 @@ impl Settings {
     }
 }
 
-/// Hydra project, jobset and job names go into URL paths: keep them to Hydra's own alphabet.
-fn check_name(name: &str) -> Result<(), String> {
-    if !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "\"{name}\" is not a Hydra name (letters, digits, - _ .)"
-        ))
-    }
-}
-
 fn parse_listen(text: &str) -> Result<Listen, String> {
     if let Some(path) = text.strip_prefix("unix:") {
         return if path.starts_with('/') {
@@ -433,6 +340,17 @@ fn parse_listen(text: &str) -> Result<Listen, String> {
         return Err(format!("\"{text}\" is not host:port or unix:/path"));
     }
     Ok(Listen::Tcp(text.to_owned()))
+}
+
+/// `dates` is a systemd calendar event, or "" for no schedule.
+fn validate_dates(dates: &str) -> Result<(), String> {
+    if dates.is_empty() {
+        return Ok(());
+    }
+    dates
+        .parse::<crate::calendar::CalendarEvent>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// toml's messages span several lines with a source excerpt; keep the errors to one line.
@@ -504,28 +422,5 @@ mod tests {
         assert!(err.contains("hydra.instance"), "{err}");
         let err = parse("[hydra]\ninstance = \"https://x\"\nproject = \"p\"\n").unwrap_err();
         assert!(err.to_string().contains("jobset"), "{err}");
-    }
-
-    #[test]
-    fn reboot_window_spans_midnight() {
-        let w = RebootWindow {
-            lower: TimeOfDay::parse("23:00").unwrap(),
-            upper: TimeOfDay::parse("02:00").unwrap(),
-        };
-        for (t, inside) in [
-            ("23:30", true),
-            ("00:00", true),
-            ("02:00", true),
-            ("02:01", false),
-            ("12:00", false),
-        ] {
-            assert_eq!(w.contains(TimeOfDay::parse(t).unwrap()), inside, "{t}");
-        }
-        let day = RebootWindow {
-            lower: TimeOfDay::parse("01:00").unwrap(),
-            upper: TimeOfDay::parse("05:00").unwrap(),
-        };
-        assert!(day.contains(TimeOfDay::parse("04:59").unwrap()));
-        assert!(!day.contains(TimeOfDay::parse("05:01").unwrap()));
     }
 }
