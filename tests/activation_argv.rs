@@ -161,11 +161,27 @@ async fn new_kernel_outside_the_window_defers() {
 }
 
 #[tokio::test]
-async fn dry_run_runs_nothing_and_counts_as_done() {
-    let (_rig, calls, status) = deploy("dry_run = true\nallow_reboot = true", "b").await;
+async fn dry_run_runs_nothing_and_deploys_nothing() {
+    let (mut rig, calls, status) = deploy("dry_run = true\nallow_reboot = true", "b").await;
     assert!(calls.is_empty(), "{calls:?}");
-    assert_eq!(status["last_attempt"]["outcome"], "upgraded");
-    assert_eq!(status["deployed"]["build"], 20);
+    assert_eq!(status["last_attempt"]["outcome"], "dry-run");
+    assert!(status["deployed"].is_null(), "{status}");
+    // Dry run off: the same build is deployed for real, not answered `current`.
+    assert_eq!(rig.stop().await, 0);
+    let config = rig.config_text().replace("dry_run = true\n", "");
+    std::fs::write(rig.path("agent.toml"), config).unwrap();
+    rig.spawn_with_written_config().await;
+    let (code, body) = rig.post(r#"{"build": 20}"#).await;
+    assert_eq!(code, 202, "{body}");
+    let status = rig.wait_for_outcome(20, "upgraded").await;
+    assert_eq!(status["deployed"]["build"], 20, "{status}");
+    assert_eq!(
+        rig.calls(),
+        [
+            format!("nixos-rebuild boot --store-path {}", out()),
+            "reboot now".into()
+        ]
+    );
 }
 
 #[tokio::test]

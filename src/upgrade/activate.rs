@@ -127,7 +127,7 @@ mod tests {
                     "nixos-rebuild",
                     name,
                     "--store-path",
-                    "/nix/store/abc-nixos-system-web1",
+                    "/nix/store/00000000000000000000000000000000-nixos-system-web1",
                     "--option",
                     "cores",
                     "2"

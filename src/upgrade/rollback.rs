@@ -3,30 +3,14 @@
 use std::path::Path;
 
 use crate::config::{Activation, Operation, Settings};
-use crate::health::{self, Check, CheckKind};
+use crate::health;
 
 use super::runner::{CommandRunner, RunError};
 use crate::model::CheckResult;
 
-/// The configured checks of one phase, with the `systemctl` of `[system]`.
-pub fn checks(settings: &Settings, post: bool) -> Vec<Check> {
-    let config = &settings.health_checks;
-    let mut checks = if post {
-        config.post_checks()
-    } else {
-        config.pre_checks()
-    };
-    for check in &mut checks {
-        if let CheckKind::Systemd { systemctl, .. } = &mut check.kind {
-            *systemctl = settings.system.systemctl.clone().into();
-        }
-    }
-    checks
-}
-
 /// Waits `settle`, then runs the post-checks (none: nothing to wait for).
 pub async fn post_checks(settings: &Settings) -> Vec<CheckResult> {
-    let checks = checks(settings, true);
+    let checks = health::phase_checks(&settings.health_checks, &settings.system.systemctl, true);
     if checks.is_empty() {
         return Vec::new();
     }
