@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod recovery;
+pub mod refused_flags;
 pub mod replay;
 pub mod schedule;
 pub mod signature;
