@@ -22,9 +22,13 @@ pub struct Running {
 }
 
 impl Running {
-    /// `/proc/self/exe` and the `--config` argument of `/proc/self/cmdline`.
+    /// `/proc/self/exe` and the `--config` argument of `/proc/self/cmdline`; None unless the
+    /// binary runs from the Nix store (started by hand or by tests, no unit manages it).
     pub fn this_process() -> Option<Running> {
         let exe = std::fs::read_link("/proc/self/exe").ok()?;
+        if !exe.starts_with("/nix/store/") {
+            return None;
+        }
         let cmdline = std::fs::read("/proc/self/cmdline").ok()?;
         let args: Vec<String> = cmdline
             .split(|b| *b == 0)
@@ -217,23 +221,29 @@ mod tests {
             Some("ExecStart=/nix/store/bbb-agent/bin/x serve"),
         );
         let none = system(root.path(), "none", None);
-        // The test binary is not in those units' store dirs, so only unit text decides here:
-        // cases where the text is equal are false only when the running binary matches, which
-        // the verdict table below covers; here only the text-differs cases are asserted.
-        let differs = [
-            (Some(&a), &b),
-            (Some(&none), &a),
-            (Some(&a), &none),
-            (None, &a),
+        // The test binary does not run from the store, so only the unit text decides here;
+        // what a store-run agent compares with the unit is verdict()'s (table below).
+        let cases = [
+            (Some(&a), &a2, false),
+            (Some(&a), &b, true),
+            (Some(&none), &a, true),
+            (Some(&a), &none, true),
+            (Some(&none), &none, false),
+            (None, &none, false),
+            (None, &a, true),
         ];
-        for (previous, current) in differs {
-            assert!(
+        for (previous, current, want) in cases {
+            assert_eq!(
                 own_unit_changed("agent.service", previous.map(|p| p.as_path()), current),
+                want,
                 "{previous:?} -> {current:?}"
             );
         }
-        assert!(!own_unit_changed("agent.service", Some(&none), &none));
-        assert!(!own_unit_changed("agent.service", None, &none));
+        assert_eq!(
+            Running::this_process(),
+            None,
+            "tests do not run from the store"
+        );
         assert!(matches!(
             verdict(
                 &Running {
