@@ -59,20 +59,27 @@ let
     "-f" = "builds the system from another Nix file instead of deploying Hydra's build";
     "--attr" = "builds another attribute instead of deploying Hydra's build";
     "-A" = "builds another attribute instead of deploying Hydra's build";
-    "--include" = "changes the search path the configuration is evaluated with, so another system is built";
+    "--include" =
+      "changes the search path the configuration is evaluated with, so another system is built";
     "-I" = "changes the search path the configuration is evaluated with, so another system is built";
     "--override-input" = "replaces a flake input, so the result is not the system Hydra built";
     "--update-input" = "updates a flake input, so the result is not the system Hydra built";
     "--recreate-lock-file" = "re-locks every flake input, so the result is not the system Hydra built";
     "--commit-lock-file" = "writes the flake's lock file; the agent deploys, it never edits the flake";
-    "--impure" = "lets the host's environment change the evaluation, so the result may differ from Hydra's build";
+    "--impure" =
+      "lets the host's environment change the evaluation, so the result may differ from Hydra's build";
     "--upgrade" = "updates root's channels and evaluates against them instead of Hydra's build";
-    "--upgrade-all" = "updates all of root's channels and evaluates against them instead of Hydra's build";
+    "--upgrade-all" =
+      "updates all of root's channels and evaluates against them instead of Hydra's build";
     "--rollback" = "activates the previous generation instead of Hydra's build";
-    "--profile-name" = "installs into another profile, so the reboot decision and rollback read the wrong one (system.system_profile)";
-    "-p" = "installs into another profile, so the reboot decision and rollback read the wrong one (system.system_profile)";
-    "--specialisation" = "activates a specialisation, so the running system never equals the target and post-checks roll back";
-    "-c" = "activates a specialisation, so the running system never equals the target and post-checks roll back";
+    "--profile-name" =
+      "installs into another profile, so the reboot decision and rollback read the wrong one (system.system_profile)";
+    "-p" =
+      "installs into another profile, so the reboot decision and rollback read the wrong one (system.system_profile)";
+    "--specialisation" =
+      "activates a specialisation, so the running system never equals the target and post-checks roll back";
+    "-c" =
+      "activates a specialisation, so the running system never equals the target and post-checks roll back";
     "--target-host" = "deploys to another machine; the agent upgrades the host it runs on";
     "--build-host" = "builds on another machine; the agent deploys what Hydra built, it does not build";
   };
