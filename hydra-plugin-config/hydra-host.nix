@@ -110,7 +110,9 @@ in
       description = ''
         The key file (`whsec_…` lines, the same as the hosts' `secretFile`), readable by root
         only, outside the Nix store and outside /var/lib/hydra. systemd's `LoadCredential`
-        hands a copy to hydra-notify and to the retrier; no Hydra user reads this path.
+        hands a copy to hydra-notify and to the retrier; no Hydra user reads this path. While
+        it is missing, systemd does not start hydra-notify (so no Hydra notification at all
+        goes out): install it during activation (agenix, sops-nix) or before enabling this.
       '';
     };
 
