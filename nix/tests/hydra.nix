@@ -5,6 +5,7 @@
 # A whole NixOS system cannot be built offline inside the Hydra VM, so the job is a tiny
 # stand-in "system": a store path whose bin/switch-to-configuration records the switch and
 # points /run/current-system at itself, which is all `nixos-rebuild switch --store-path` runs.
+# hydra-host.nix runs `notify --spool` and the `retry` unit, so this needs a binary with both.
 { pkgs, self }:
 let
   project = "test";
