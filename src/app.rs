@@ -15,13 +15,14 @@ use crate::hydra::{HydraClient, HydraError, JobRef};
 use crate::intake::RequestIntake;
 use crate::ledger::{Ledger, LedgerError, Loaded};
 use crate::metrics::Metrics;
+use crate::model::Phase;
 use crate::progress::Progress;
 use crate::recovery::Recovery;
 use crate::replay::ReplayGuard;
 use crate::schedule::Schedule;
 use crate::signature::{KeyError, Keys};
 use crate::status::StatusView;
-use crate::upgrade::Worker;
+use crate::upgrade::{Worker, self_update};
 
 /// After a shutdown signal, how long the worker and hooks get to stop what they run: more than
 /// the runner's SIGTERM-to-SIGKILL grace (5 s), so a process group is never left half-killed,
@@ -129,6 +130,24 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         ledger: ledger.clone(),
         progress: progress.clone(),
     };
+    if let Some(running) = self_update::Running::this_process() {
+        let (ledger, progress) = (ledger.clone(), progress.clone());
+        let idle = move || {
+            let state = ledger.snapshot();
+            progress.live().phase == Phase::Idle
+                && state.pending.is_none()
+                && state.running.is_none()
+                && state.in_flight.is_none()
+        };
+        background.spawn(self_update::watch_foreign_switch(
+            settings.system.unit.clone(),
+            settings.system.current_system.clone(),
+            running,
+            self_update::WATCH_EVERY,
+            idle,
+            shutdown.clone(),
+        ));
+    }
     let worker = Worker {
         settings: settings.clone(),
         ledger,

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod progress;
 pub mod queue;
+pub mod refused_flags;
 pub mod replay;
 pub mod signature;
 pub mod systemd_notify;

@@ -19,6 +19,7 @@ const LEAVES: &[&str] = &[
     "net",
     "progress",
     "queue",
+    "refused_flags",
     "replay",
     "signature",
     "systemd_notify",

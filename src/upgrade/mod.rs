@@ -50,9 +50,11 @@ impl Worker {
             }
         }
         loop {
+            // Biased: a stop (a signal, a foreign switch) wins over a job that is ready too.
             let job = tokio::select! {
-                job = self.ledger.next() => job,
+                biased;
                 () = self.shutdown.cancelled() => return,
+                job = self.ledger.next() => job,
                 () = crate::systemd_notify::tick() => {
                     crate::systemd_notify::ping();
                     continue;
