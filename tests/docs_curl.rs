@@ -7,8 +7,7 @@ mod common;
 use common::Rig;
 
 fn api_snippet() -> String {
-    let api =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    let api = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
     let block = api
         .split("<!-- curl-example:begin -->")
         .nth(1)
