@@ -572,3 +572,26 @@ fn the_command_scanner_finds_invocations_and_only_them() {
         vec![vec!["check-config", "--config", "a.toml"]]
     );
 }
+
+#[test]
+fn the_readme_opens_with_the_demo_and_the_ci_command() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let first = blocks("README.md", &readme)
+        .into_iter()
+        .next()
+        .expect("README has a code block");
+    let words: Vec<Vec<String>> = first
+        .lines
+        .iter()
+        .flat_map(|(_, l)| simple_commands(l))
+        .collect();
+    assert_eq!(
+        words,
+        vec![
+            vec!["cargo", "run", "--release", "--", "demo"],
+            vec!["bash", ".ci/run"]
+        ],
+        "README's first block: the demo, then exactly what CI runs"
+    );
+    assert!(root().join(".ci/run").is_file(), ".ci/run is missing");
+}
