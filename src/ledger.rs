@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -148,16 +147,10 @@ impl StateStore {
     }
 }
 
-/// Write a temp file, fsync it, rename it over the old one, fsync the directory.
+/// Replaced atomically (SPEC §7) by the crate's one writer.
 fn write_atomically(dir: &Path, state: &PersistedState) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-    File::open(dir)?.sync_all()
+    crate::durable::write(&dir.join(STATE_FILE), &bytes)
 }
 
 #[cfg(test)]
