@@ -19,10 +19,13 @@ pub struct UpgradeRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intake {
     Queued(Target),
-    Current { build: u64, reason: String },
+    Current {
+        build: u64,
+        reason: String,
+    },
     Refused(String),
-    Rejected(String),
-    Unavailable(String),
+    /// Hydra said no, or could not be asked.
+    Hydra(HydraError),
 }
 
 /// Counts a verification in flight for the `verifying` phase while it lives.
@@ -82,8 +85,5 @@ pub async fn intake(agent: &Agent, request: UpgradeRequest) -> Intake {
 }
 
 fn from_hydra(e: HydraError) -> Intake {
-    match e {
-        HydraError::Unavailable(_) => Intake::Unavailable(e.to_string()),
-        HydraError::Rejected(reason) => Intake::Rejected(reason),
-    }
+    Intake::Hydra(e)
 }

@@ -108,11 +108,14 @@ async fn poll(agent: &Agent) {
         Intake::Current { build, reason } => {
             tracing::info!(build, reason = %reason, "scheduled poll: up to date")
         }
-        Intake::Refused(reason) | Intake::Rejected(reason) => {
+        Intake::Hydra(e) if e.is_unavailable() => {
+            tracing::warn!(reason = %e, "scheduled poll failed; retrying at the next elapse")
+        }
+        Intake::Refused(reason) => {
             tracing::warn!(reason = %reason, "scheduled poll found nothing to deploy")
         }
-        Intake::Unavailable(reason) => {
-            tracing::warn!(reason = %reason, "scheduled poll failed; retrying at the next elapse")
+        Intake::Hydra(e) => {
+            tracing::warn!(reason = %e, "scheduled poll found nothing to deploy")
         }
     }
     if let Err(e) = agent.store.update(|s| s.last_poll = Some(now())) {
