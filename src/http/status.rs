@@ -67,7 +67,8 @@ pub async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     let (phase, since) = phase(&agent);
     let elapsed = jiff::Timestamp::now().duration_since(since);
     let scrape = Scrape {
-        state: &state,
+        deployed: state.deployed.as_ref(),
+        history: &state.history,
         phase,
         phase_elapsed: std::time::Duration::try_from(elapsed).unwrap_or_default(),
         pending: agent.queue.pending().map(|j| j.target.build),
