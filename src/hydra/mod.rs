@@ -392,6 +392,72 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_cause_has_its_answer_label_and_message() {
+        let what = || "hydra build 4821".to_owned();
+        let cases = [
+            (
+                HydraError::TimedOut {
+                    what: what(),
+                    detail: "timed out".into(),
+                },
+                true,
+                "timeout",
+                "hydra unavailable: hydra build 4821: timed out",
+            ),
+            (
+                HydraError::UnexpectedStatus {
+                    what: what(),
+                    status: 502,
+                },
+                true,
+                "status",
+                "hydra unavailable: hydra build 4821: answered 502",
+            ),
+            (
+                HydraError::IdMismatch {
+                    what: what(),
+                    noun: "build",
+                    answered: 8,
+                },
+                true,
+                "id-mismatch",
+                "hydra unavailable: hydra build 4821: answered for build 8",
+            ),
+            (
+                HydraError::NotSuccessful {
+                    what: what(),
+                    status: Some(1),
+                },
+                false,
+                "build-failed",
+                "hydra build 4821: buildstatus 1, not deployable",
+            ),
+            (
+                HydraError::NotSuccessful {
+                    what: what(),
+                    status: None,
+                },
+                false,
+                "build-failed",
+                "hydra build 4821: buildstatus null, not deployable",
+            ),
+            (
+                HydraError::NoFlake {
+                    what: "hydra eval 912".into(),
+                },
+                false,
+                "no-flake",
+                "hydra eval 912: no flake (a legacy jobset); use activation = \"store-path\"",
+            ),
+        ];
+        for (error, unavailable, cause, text) in cases {
+            assert_eq!(error.is_unavailable(), unavailable, "{error:?}");
+            assert_eq!(error.cause(), cause);
+            assert_eq!(error.to_string(), text);
+        }
+    }
+
+    #[test]
     fn location_parsing() {
         let cases = [
             ("https://hydra.example/build/4821", Some(4821)),
