@@ -14,8 +14,9 @@ pub struct ReplayGuard {
     seen: Mutex<Seen>,
     /// Where the ids are kept across restarts; None: memory only.
     file: Option<PathBuf>,
-    /// Serialises file writes, so the last one to finish holds the newest list.
-    writing: tokio::sync::Mutex<()>,
+    /// Serialises file writes and holds the generation last written, so the last write to
+    /// finish holds the newest list and a write already covered by a later one is skipped.
+    writing: tokio::sync::Mutex<u64>,
 }
 
 #[derive(Default)]
@@ -24,6 +25,8 @@ struct Seen {
     order: VecDeque<(i64, String)>,
     /// Ids whose request is being answered (bounded by the requests in flight).
     in_flight: HashSet<String>,
+    /// Counts remembered ids, to tell whether the file already holds one.
+    generation: u64,
 }
 
 /// What an arriving `webhook-id` may do.
@@ -51,7 +54,7 @@ impl ReplayGuard {
             window_secs: i64::try_from(tolerance_secs).unwrap_or(i64::MAX / 4),
             seen: Mutex::default(),
             file: None,
-            writing: tokio::sync::Mutex::new(()),
+            writing: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -103,27 +106,39 @@ impl ReplayGuard {
 
     /// Remembers an id accepted at `now` and writes the file, if there is one, off the runtime.
     pub async fn remember(&self, id: &str, now: i64) {
-        {
+        let generation = {
             let mut seen = self.lock();
             seen.insert(id, now, self.window_secs);
             seen.in_flight.remove(id);
-        }
-        self.save().await;
+            seen.generation += 1;
+            seen.generation
+        };
+        self.save(generation).await;
     }
 
-    async fn save(&self) {
+    /// Writes the list unless a write of `generation` or later has finished meanwhile.
+    async fn save(&self, generation: u64) {
         let Some(file) = &self.file else {
             return;
         };
-        let _writing = self.writing.lock().await;
+        let mut written_generation = self.writing.lock().await;
+        if *written_generation >= generation {
+            return;
+        }
         // Read after taking the write lock: whoever writes last writes the newest list.
-        let kept = self.lock().kept();
+        let (kept, newest) = {
+            let seen = self.lock();
+            (seen.kept(), seen.generation)
+        };
         let written = match serde_json::to_vec(&kept) {
             Ok(bytes) => crate::durable::write_async(file.clone(), bytes).await,
             Err(e) => Err(std::io::Error::other(e)),
         };
-        if let Err(e) = written {
-            tracing::warn!(file = %file.display(), error = %e, "cannot save seen webhook-ids");
+        match written {
+            Ok(()) => *written_generation = newest,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot save seen webhook-ids")
+            }
         }
     }
 
@@ -242,6 +257,23 @@ mod tests {
         retry.accepted(1_000).await;
         assert!(matches!(guard.claim("a"), Claim::Seen));
         assert!(seen(&guard, "a"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_accepts_all_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seen-ids.json");
+        let guard = std::sync::Arc::new(ReplayGuard::open(&file, 300, 1_000));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let guard = guard.clone();
+            tasks.spawn(async move { guard.remember(&format!("id{i}"), 1_000).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let reopened = ReplayGuard::open(&file, 300, 1_010);
+        assert_eq!(reopened.len(), 50);
     }
 
     #[tokio::test]
