@@ -19,12 +19,8 @@ pub struct UpgradeRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intake {
     Queued(Target),
-    Current {
-        build: u64,
-        reason: String,
-    },
+    Current { build: u64, reason: String },
     Refused(String),
-    /// Hydra said no, or could not be asked.
     Hydra(HydraError),
 }
 
