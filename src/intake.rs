@@ -23,8 +23,7 @@ pub enum Intake {
     Queued(Target),
     Current { build: u64, reason: String },
     Refused(String),
-    Rejected(String),
-    Unavailable(String),
+    Hydra(HydraError),
 }
 
 impl std::fmt::Display for Intake {
@@ -33,8 +32,8 @@ impl std::fmt::Display for Intake {
             Intake::Queued(target) => write!(f, "queued build {}", target.build),
             Intake::Current { reason, .. } => write!(f, "up to date: {reason}"),
             Intake::Refused(reason) => write!(f, "refused: {reason}"),
-            Intake::Rejected(reason) => write!(f, "rejected by hydra: {reason}"),
-            Intake::Unavailable(reason) => write!(f, "{reason}"),
+            Intake::Hydra(e) if e.is_unavailable() => write!(f, "{e}"),
+            Intake::Hydra(e) => write!(f, "rejected by hydra: {e}"),
         }
     }
 }
@@ -54,13 +53,13 @@ impl RequestIntake {
             Some(build) => build,
             None => match self.hydra.latest().await {
                 Ok(build) => build,
-                Err(e) => return from_hydra(e),
+                Err(e) => return Intake::Hydra(e),
             },
         };
         let newest = request.build.is_none().then_some(build);
         match self.recovery.check(build, request.force, newest).await {
             Ok(()) => {}
-            Err(RecoveryError::Hydra(e)) => return from_hydra(e),
+            Err(RecoveryError::Hydra(e)) => return Intake::Hydra(e),
             Err(e) => return Intake::Refused(e.to_string()),
         }
         match self.ledger.decide(build, request.force) {
@@ -70,7 +69,7 @@ impl RequestIntake {
         }
         let target = match self.hydra.verify(build).await {
             Ok(target) => target,
-            Err(e) => return from_hydra(e),
+            Err(e) => return Intake::Hydra(e),
         };
         let job = Job {
             target: target.clone(),
@@ -86,13 +85,6 @@ impl RequestIntake {
             Decision::Current(reason) => Intake::Current { build, reason },
             Decision::Refused(reason) => Intake::Refused(reason),
         }
-    }
-}
-
-fn from_hydra(e: HydraError) -> Intake {
-    match e {
-        HydraError::Unavailable(_) => Intake::Unavailable(e.to_string()),
-        HydraError::Rejected(reason) => Intake::Rejected(reason),
     }
 }
 
@@ -213,12 +205,12 @@ mod tests {
         s.sim.succeed(5, "p", "j", "db1", 1);
         assert!(matches!(
             s.intake.intake(request(Some(5), false)).await,
-            Intake::Rejected(reason) if reason.contains("not p:j:web1")
+            Intake::Hydra(e) if !e.is_unavailable() && e.to_string().contains("not p:j:web1")
         ));
         s.sim.set_fault(Some(Fault::Status(502)));
         assert!(matches!(
             s.intake.intake(request(Some(6), false)).await,
-            Intake::Unavailable(_)
+            Intake::Hydra(e) if e.is_unavailable()
         ));
         assert!(s.ledger.snapshot().pending.is_none());
     }

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -388,16 +387,10 @@ fn requeue_unstarted(state: &mut PersistedState) {
     }
 }
 
-/// Write a temp file, fsync it, rename it over the old one, fsync the directory.
+/// Replaced atomically (SPEC §7) by the crate's one writer.
 fn write_atomically(dir: &Path, state: &PersistedState) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-    File::open(dir)?.sync_all()
+    crate::durable::write(&dir.join(STATE_FILE), &bytes)
 }
 
 #[cfg(test)]
@@ -544,8 +537,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ledger, _) = Ledger::open(dir.path()).unwrap();
         ledger.finish(attempt(5, Outcome::Upgraded)).await.unwrap();
-        // A directory where the temp file goes makes every write fail, as a full disk would.
-        std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+        // A non-empty directory where state.json goes makes every rename fail, as a full disk
+        // makes writes fail (root ignores permission bits, so they cannot be used here).
+        let state_file = dir.path().join(STATE_FILE);
+        std::fs::remove_file(&state_file).unwrap();
+        std::fs::create_dir(&state_file).unwrap();
+        std::fs::write(state_file.join("in-the-way"), b"").unwrap();
         ledger.offer(job(6)).await;
         ledger.next().await;
         let err = ledger.begin_activation(marker(6)).await.unwrap_err();
@@ -566,7 +563,7 @@ mod tests {
             "shown though not saved"
         );
         assert!(ledger.write_error().is_some());
-        std::fs::remove_dir(dir.path().join("state.json.tmp")).unwrap();
+        std::fs::remove_dir_all(&state_file).unwrap();
         ledger
             .record_poll(Poll {
                 at: now(),

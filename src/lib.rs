@@ -10,6 +10,7 @@ pub mod model;
 // Leaves.
 pub mod calendar;
 pub mod config;
+pub mod durable;
 pub mod health;
 pub mod host;
 pub mod hydra;

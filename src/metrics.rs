@@ -1,11 +1,12 @@
 //! Prometheus metrics (`GET /metrics`): counters fed as things happen, gauges read from the agent at
-//! scrape time so they can never drift from what `/v1/status` says.
+//! scrape time so they can never drift from what `/v1/status` says. A scrape only reads shared
+//! state: its gauges live in a registry of its own, so concurrent scrapes cannot interleave.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -84,29 +85,14 @@ pub struct Scrape<'a> {
     pub next_poll: Option<i64>,
 }
 
+/// The counters and histograms fed as things happen; gauges are built per scrape.
 pub struct Metrics {
     registry: Registry,
     pub hydra: HydraMetrics,
     attempts: Family<Labels, Counter>,
     notifications: Family<Labels, Counter>,
+    refusals: Family<Labels, Counter>,
     hooks: Family<Labels, Counter>,
-    last_finish: Family<Labels, FloatGauge>,
-    last_outcome: Family<Labels, Gauge>,
-    deployed_build: Gauge,
-    deployed_info: Family<Labels, Gauge>,
-    deployed_at: FloatGauge,
-    newest_green: Gauge,
-    pending_build: Gauge,
-    queue_depth: Gauge,
-    phase: Family<Labels, Gauge>,
-    phase_elapsed: FloatGauge,
-    reboot_needed: Gauge,
-    reboot_deferred: Gauge,
-    last_attempt_finish: FloatGauge,
-    last_attempt_duration: FloatGauge,
-    check_passed: Family<Labels, Gauge>,
-    check_duration: Family<Labels, FloatGauge>,
-    next_poll: FloatGauge,
 }
 
 impl Default for Metrics {
@@ -117,7 +103,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut r = Registry::with_prefix("nixos_hydra_upgrade");
+        let mut r = Registry::with_prefix(PREFIX);
         let m = Metrics {
             registry: Registry::default(),
             hydra: HydraMetrics {
@@ -127,25 +113,15 @@ impl Metrics {
             },
             attempts: Family::default(),
             notifications: Family::default(),
+            refusals: Family::default(),
             hooks: Family::default(),
-            last_finish: Family::default(),
-            last_outcome: Family::default(),
-            deployed_build: Gauge::default(),
-            deployed_info: Family::default(),
-            deployed_at: Gauge::default(),
-            newest_green: Gauge::default(),
-            pending_build: Gauge::default(),
-            queue_depth: Gauge::default(),
-            phase: Family::default(),
-            phase_elapsed: Gauge::default(),
-            reboot_needed: Gauge::default(),
-            reboot_deferred: Gauge::default(),
-            last_attempt_finish: Gauge::default(),
-            last_attempt_duration: Gauge::default(),
-            check_passed: Family::default(),
-            check_duration: Family::default(),
-            next_poll: Gauge::default(),
         };
+        // Every outcome visible at 0 so rate() and alerts see the series from the start.
+        for outcome in Outcome::ALL {
+            let _ = m
+                .attempts
+                .get_or_create(&vec![("outcome", outcome.as_str().into())]);
+        }
         add(
             &mut r,
             "attempts",
@@ -162,122 +138,17 @@ impl Metrics {
         );
         add(
             &mut r,
+            "refusals",
+            "Upgrade requests not accepted since start, by answer status and cause",
+            false,
+            m.refusals.clone(),
+        );
+        add(
+            &mut r,
             "hooks",
             "Hook commands run since start, by hook and result",
             false,
             m.hooks.clone(),
-        );
-        add(
-            &mut r,
-            "last_attempt_by_outcome_timestamp",
-            "When an attempt last ended with each outcome (Unix time)",
-            true,
-            m.last_finish.clone(),
-        );
-        add(
-            &mut r,
-            "last_attempt_outcome",
-            "1 for the outcome of the last attempt",
-            false,
-            m.last_outcome.clone(),
-        );
-        add(
-            &mut r,
-            "deployed_build",
-            "Hydra build id deployed on this host, 0 if none",
-            false,
-            m.deployed_build.clone(),
-        );
-        add(
-            &mut r,
-            "deployed",
-            "The deployed build and store path (value always 1)",
-            false,
-            m.deployed_info.clone(),
-        );
-        add(
-            &mut r,
-            "deployed_timestamp",
-            "When the deployed build was deployed (Unix time)",
-            true,
-            m.deployed_at.clone(),
-        );
-        add(
-            &mut r,
-            "newest_green_build",
-            "Newest build id Hydra confirmed deployable to this agent (notifications, polls, history)",
-            false,
-            m.newest_green.clone(),
-        );
-        add(
-            &mut r,
-            "pending_build",
-            "Hydra build id waiting in the queue, 0 if none",
-            false,
-            m.pending_build.clone(),
-        );
-        add(
-            &mut r,
-            "queue_depth",
-            "Jobs waiting or running (0 to 2)",
-            false,
-            m.queue_depth.clone(),
-        );
-        add(
-            &mut r,
-            "phase",
-            "1 for the worker's current phase",
-            false,
-            m.phase.clone(),
-        );
-        add(
-            &mut r,
-            "phase_elapsed",
-            "Time spent in the current phase",
-            true,
-            m.phase_elapsed.clone(),
-        );
-        add(
-            &mut r,
-            "reboot_needed",
-            "1 when the installed system's kernel, initrd or modules differ from the booted one's",
-            false,
-            m.reboot_needed.clone(),
-        );
-        add(
-            &mut r,
-            "reboot_deferred",
-            "1 when the last upgrade deferred its reboot to the reboot window",
-            false,
-            m.reboot_deferred.clone(),
-        );
-        add(
-            &mut r,
-            "last_attempt_finish_timestamp",
-            "When the last attempt ended (Unix time)",
-            true,
-            m.last_attempt_finish.clone(),
-        );
-        add(
-            &mut r,
-            "last_attempt_duration",
-            "How long the last attempt took",
-            true,
-            m.last_attempt_duration.clone(),
-        );
-        add(
-            &mut r,
-            "health_check_passed",
-            "1 if the check passed in the last attempt that ran it",
-            false,
-            m.check_passed.clone(),
-        );
-        add(
-            &mut r,
-            "health_check_duration",
-            "How long the check took in the last attempt that ran it",
-            true,
-            m.check_duration.clone(),
         );
         add(
             &mut r,
@@ -293,13 +164,6 @@ impl Metrics {
             false,
             m.hydra.errors.clone(),
         );
-        add(
-            &mut r,
-            "next_poll_timestamp",
-            "When the schedule polls Hydra next (Unix time), 0 if never",
-            true,
-            m.next_poll.clone(),
-        );
         Metrics { registry: r, ..m }
     }
 
@@ -310,10 +174,16 @@ impl Metrics {
             .inc();
     }
 
-    pub fn notification(&self, status: &'static str) {
+    /// An upgrade request answered with `status`; `cause` (bounded) when it was not accepted.
+    pub fn notification(&self, status: &'static str, cause: Option<&'static str>) {
         self.notifications
             .get_or_create(&vec![("status", status.into())])
             .inc();
+        if let Some(cause) = cause {
+            self.refusals
+                .get_or_create(&vec![("status", status.into()), ("cause", cause.into())])
+                .inc();
+        }
     }
 
     /// The hook counter, for the background task that runs hooks.
@@ -321,96 +191,336 @@ impl Metrics {
         HookCounter(self.hooks.clone())
     }
 
-    /// Prometheus (OpenMetrics) text for the current moment.
+    /// Prometheus (OpenMetrics) text for the current moment; reads shared state, writes none.
     pub fn render(&self, scrape: &Scrape<'_>) -> String {
-        let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let deployed = scrape.deployed;
-        self.deployed_build
-            .set(deployed.map_or(0, |d| to_i64(d.build)));
-        self.deployed_at
-            .set(deployed.map_or(0.0, |d| d.at.as_second() as f64));
-        self.deployed_info.clear();
-        if let Some(d) = deployed {
-            self.deployed_info
-                .get_or_create(&vec![
-                    ("build", d.build.to_string()),
-                    ("path", d.path.to_string()),
-                ])
-                .set(1);
-        }
-        // Every attempt in the history was verified green by Hydra: that survives a restart.
-        let seen = scrape.history.iter().map(|a| a.build);
-        let newest = seen
-            .chain(deployed.map(|d| d.build))
-            .max()
-            .unwrap_or(0)
-            .max(self.hydra.newest_green.load(Ordering::Relaxed));
-        self.newest_green.set(to_i64(newest));
-        self.pending_build.set(scrape.pending.map_or(0, to_i64));
-        self.queue_depth
-            .set(i64::try_from(scrape.depth).unwrap_or(0));
-        for p in Phase::ALL {
-            self.phase
-                .get_or_create(&vec![("phase", p.as_str().into())])
-                .set(i64::from(p == scrape.phase));
-        }
-        self.phase_elapsed.set(scrape.phase_elapsed.as_secs_f64());
-        let last = scrape.history.front();
-        let deferred = last.is_some_and(|a| a.reboot == Reboot::Deferred);
-        self.reboot_deferred.set(i64::from(deferred));
-        self.reboot_needed
-            .set(i64::from(deferred || scrape.boot_files_differ));
-        self.last_attempt_finish
-            .set(last.map_or(0.0, |a| a.finished_at.as_second() as f64));
-        self.last_attempt_duration.set(last.map_or(0.0, |a| {
-            (a.finished_at.as_second() - a.started_at.as_second()).max(0) as f64
-        }));
-        for outcome in Outcome::ALL {
-            let labels = vec![("outcome", outcome.as_str().into())];
-            // Every outcome visible at 0 so rate() and alerts see the series from the start.
-            let _ = self.attempts.get_or_create(&labels);
-            self.last_outcome
-                .get_or_create(&labels)
-                .set(i64::from(last.is_some_and(|a| a.outcome == outcome)));
-            let when = scrape
-                .history
-                .iter()
-                .find(|a| a.outcome == outcome)
-                .map_or(0.0, |a| a.finished_at.as_second() as f64);
-            self.last_finish.get_or_create(&labels).set(when);
-        }
-        self.fill_checks(scrape.history);
-        self.next_poll
-            .set(scrape.next_poll.map_or(0.0, |t| t as f64));
+        let newest_green = self.hydra.newest_green.load(Ordering::Relaxed);
+        let gauges = gauges(scrape, newest_green);
         let mut text = String::new();
-        if encode(&mut text, &self.registry).is_err() {
+        let encoded = encode_registry(&mut text, &self.registry)
+            .and_then(|()| encode_registry(&mut text, &gauges))
+            .and_then(|()| encode_eof(&mut text));
+        if encoded.is_err() {
             text.clear();
         }
         text
     }
+}
 
-    /// Each configured check's latest result; check names come from the config, so they are bounded.
-    fn fill_checks(&self, history: &VecDeque<Attempt>) {
-        let mut latest: BTreeMap<(String, String), (bool, u64)> = BTreeMap::new();
-        // Oldest first, so newer results (and a check re-run after a rollback) win.
-        for attempt in history.iter().rev() {
-            for check in &attempt.checks {
-                latest.insert(
-                    (check.name.clone(), check.kind.clone()),
-                    (check.passed, check.duration_ms),
-                );
+const PREFIX: &str = "nixos_hydra_upgrade";
+
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn gauge(value: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(value);
+    g
+}
+
+fn float(value: f64) -> FloatGauge {
+    let g = FloatGauge::default();
+    g.set(value);
+    g
+}
+
+/// A family holding exactly `rows`.
+fn family<G: prometheus_client::metrics::gauge::Atomic<V> + Default, V>(
+    rows: impl IntoIterator<Item = (Labels, V)>,
+) -> Family<Labels, Gauge<V, G>>
+where
+    Gauge<V, G>: Default,
+{
+    let family = Family::<Labels, Gauge<V, G>>::default();
+    for (labels, value) in rows {
+        family.get_or_create(&labels).set(value);
+    }
+    family
+}
+
+/// The gauges of one scrape, in a registry of their own built from the snapshot.
+fn gauges(scrape: &Scrape<'_>, newest_green: u64) -> Registry {
+    let mut r = Registry::with_prefix(PREFIX);
+    let deployed = scrape.deployed;
+    let history = scrape.history;
+    let last = history.front();
+    let deferred = last.is_some_and(|a| a.reboot == Reboot::Deferred);
+    let seconds = |t: jiff::Timestamp| t.as_second() as f64;
+    let outcome_rows = |value: &dyn Fn(Outcome) -> f64| {
+        Outcome::ALL
+            .iter()
+            .map(|&o| (vec![("outcome", o.as_str().into())], value(o)))
+            .collect::<Vec<(Labels, f64)>>()
+    };
+    add(
+        &mut r,
+        "last_attempt_by_outcome_timestamp",
+        "When an attempt last ended with each outcome (Unix time)",
+        true,
+        family::<AtomicU64, f64>(outcome_rows(&|o| {
+            history
+                .iter()
+                .find(|a| a.outcome == o)
+                .map_or(0.0, |a| seconds(a.finished_at))
+        })),
+    );
+    add(
+        &mut r,
+        "last_attempt_outcome",
+        "1 for the outcome of the last attempt",
+        false,
+        family::<std::sync::atomic::AtomicI64, i64>(Outcome::ALL.iter().map(|&o| {
+            (
+                vec![("outcome", o.as_str().into())],
+                i64::from(last.is_some_and(|a| a.outcome == o)),
+            )
+        })),
+    );
+    add(
+        &mut r,
+        "deployed_build",
+        "Hydra build id deployed on this host, 0 if none",
+        false,
+        gauge(deployed.map_or(0, |d| int(d.build))),
+    );
+    add(
+        &mut r,
+        "deployed",
+        "The deployed build and store path (value always 1)",
+        false,
+        family::<std::sync::atomic::AtomicI64, i64>(deployed.map(|d| {
+            (
+                vec![("build", d.build.to_string()), ("path", d.path.to_string())],
+                1,
+            )
+        })),
+    );
+    add(
+        &mut r,
+        "deployed_timestamp",
+        "When the deployed build was deployed (Unix time)",
+        true,
+        float(deployed.map_or(0.0, |d| seconds(d.at))),
+    );
+    // Every attempt in the history was verified green by Hydra: that survives a restart.
+    let newest = history
+        .iter()
+        .map(|a| a.build)
+        .chain(deployed.map(|d| d.build))
+        .max()
+        .unwrap_or(0)
+        .max(newest_green);
+    add(
+        &mut r,
+        "newest_green_build",
+        "Newest build id Hydra confirmed deployable to this agent (notifications, polls, history)",
+        false,
+        gauge(int(newest)),
+    );
+    add(
+        &mut r,
+        "pending_build",
+        "Hydra build id waiting in the queue, 0 if none",
+        false,
+        gauge(scrape.pending.map_or(0, int)),
+    );
+    add(
+        &mut r,
+        "queue_depth",
+        "Jobs waiting or running (0 to 2)",
+        false,
+        gauge(i64::try_from(scrape.depth).unwrap_or(0)),
+    );
+    add(
+        &mut r,
+        "phase",
+        "1 for the worker's current phase",
+        false,
+        family::<std::sync::atomic::AtomicI64, i64>(Phase::ALL.iter().map(|&p| {
+            (
+                vec![("phase", p.as_str().into())],
+                i64::from(p == scrape.phase),
+            )
+        })),
+    );
+    add(
+        &mut r,
+        "phase_elapsed",
+        "Time spent in the current phase",
+        true,
+        float(scrape.phase_elapsed.as_secs_f64()),
+    );
+    add(
+        &mut r,
+        "reboot_needed",
+        "1 when the installed system's kernel, initrd or modules differ from the booted one's",
+        false,
+        gauge(i64::from(deferred || scrape.boot_files_differ)),
+    );
+    add(
+        &mut r,
+        "reboot_deferred",
+        "1 when the last upgrade deferred its reboot to the reboot window",
+        false,
+        gauge(i64::from(deferred)),
+    );
+    add(
+        &mut r,
+        "last_attempt_finish_timestamp",
+        "When the last attempt ended (Unix time)",
+        true,
+        float(last.map_or(0.0, |a| seconds(a.finished_at))),
+    );
+    add(
+        &mut r,
+        "last_attempt_duration",
+        "How long the last attempt took",
+        true,
+        float(last.map_or(0.0, |a| {
+            (a.finished_at.as_second() - a.started_at.as_second()).max(0) as f64
+        })),
+    );
+    let checks = latest_checks(history);
+    add(
+        &mut r,
+        "health_check_passed",
+        "1 if the check passed in the last attempt that ran it",
+        false,
+        family::<std::sync::atomic::AtomicI64, i64>(
+            checks
+                .iter()
+                .map(|((name, kind), (passed, _))| (check_labels(name, kind), i64::from(*passed))),
+        ),
+    );
+    add(
+        &mut r,
+        "health_check_duration",
+        "How long the check took in the last attempt that ran it",
+        true,
+        family::<AtomicU64, f64>(
+            checks
+                .iter()
+                .map(|((name, kind), (_, ms))| (check_labels(name, kind), *ms as f64 / 1000.0)),
+        ),
+    );
+    add(
+        &mut r,
+        "next_poll_timestamp",
+        "When the schedule polls Hydra next (Unix time), 0 if never",
+        true,
+        float(scrape.next_poll.map_or(0.0, |t| t as f64)),
+    );
+    r
+}
+
+fn check_labels(name: &str, kind: &str) -> Labels {
+    vec![("check", name.to_owned()), ("kind", kind.to_owned())]
+}
+
+/// Each configured check's latest result; check names come from the config, so they are bounded.
+fn latest_checks(history: &VecDeque<Attempt>) -> BTreeMap<(String, String), (bool, u64)> {
+    let mut latest = BTreeMap::new();
+    // Oldest first, so newer results (and a check re-run after a rollback) win.
+    for attempt in history.iter().rev() {
+        for check in &attempt.checks {
+            latest.insert(
+                (check.name.clone(), check.kind.clone()),
+                (check.passed, check.duration_ms),
+            );
+        }
+    }
+    latest
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::model::{CheckResult, Source, StorePath, now};
+
+    /// A state where build `build` is deployed and the last attempt ran one check named `check`.
+    fn state(build: u64, check: &str) -> (Deployed, VecDeque<Attempt>) {
+        let path = StorePath::parse(&format!("/nix/store/{build:0>32}-nixos-system-web1")).unwrap();
+        let deployed = Deployed {
+            build,
+            path: path.clone(),
+            at: now(),
+        };
+        let attempt = Attempt {
+            build,
+            path: Some(path),
+            source: Source::Manual,
+            outcome: Outcome::Upgraded,
+            reboot: Reboot::None,
+            error: None,
+            started_at: now(),
+            finished_at: now(),
+            checks: vec![CheckResult {
+                name: check.into(),
+                kind: "command".into(),
+                passed: true,
+                detail: "exit status 0".into(),
+                attempts: 1,
+                duration_ms: 5,
+            }],
+        };
+        (deployed, VecDeque::from([attempt]))
+    }
+
+    fn samples<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .collect()
+    }
+
+    /// Two snapshots rendered from many threads at once: every scrape must be exactly one of
+    /// them, each gauge once, never a mix (as clearing and refilling shared gauges produced).
+    #[test]
+    fn concurrent_scrapes_each_show_their_own_snapshot() {
+        let metrics = Metrics::new();
+        let snapshots = [state(41, "alpha"), state(42, "beta")];
+        std::thread::scope(|scope| {
+            for thread in 0..8 {
+                let (metrics, snapshots) = (&metrics, &snapshots);
+                scope.spawn(move || {
+                    for round in 0..200 {
+                        let (deployed, history) = &snapshots[(thread + round) % 2];
+                        let text = metrics.render(&Scrape {
+                            deployed: Some(deployed),
+                            history,
+                            phase: Phase::Idle,
+                            phase_elapsed: Duration::ZERO,
+                            pending: None,
+                            depth: 0,
+                            boot_files_differ: false,
+                            next_poll: None,
+                        });
+                        let build = deployed.build;
+                        let want = |name: &str, n: usize| {
+                            let found = samples(&text, &format!("nixos_hydra_upgrade_{name}"));
+                            assert_eq!(found.len(), n, "{name} in scrape of {build}: {text}");
+                            found
+                        };
+                        assert_eq!(
+                            want("deployed_build", 1),
+                            [format!("nixos_hydra_upgrade_deployed_build {build}")]
+                        );
+                        let info = want("deployed", 1);
+                        assert!(info[0].contains(&format!("build=\"{build}\"")), "{text}");
+                        let check = if build == 41 { "alpha" } else { "beta" };
+                        let passed = want("health_check_passed", 1);
+                        assert!(passed[0].contains(&format!("check=\"{check}\"")), "{text}");
+                        want("health_check_duration_seconds", 1);
+                        want("phase", Phase::ALL.len());
+                        want("last_attempt_outcome", Outcome::ALL.len());
+                        want("attempts_total", Outcome::ALL.len());
+                        assert!(text.ends_with("# EOF\n"));
+                    }
+                });
             }
-        }
-        self.check_passed.clear();
-        self.check_duration.clear();
-        for ((name, kind), (passed, ms)) in latest {
-            let labels = vec![("check", name), ("kind", kind)];
-            self.check_passed
-                .get_or_create(&labels)
-                .set(i64::from(passed));
-            self.check_duration
-                .get_or_create(&labels)
-                .set(ms as f64 / 1000.0);
-        }
+        });
     }
 }

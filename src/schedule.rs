@@ -86,11 +86,11 @@ impl Schedule {
             Intake::Current { build, reason } => {
                 tracing::info!(build, reason = %reason, "scheduled poll: up to date")
             }
-            Intake::Refused(reason) | Intake::Rejected(reason) => {
-                tracing::warn!(reason = %reason, "scheduled poll found nothing to deploy")
+            Intake::Hydra(e) if e.is_unavailable() => {
+                tracing::warn!(reason = %e, "scheduled poll failed; retrying at the next elapse")
             }
-            Intake::Unavailable(reason) => {
-                tracing::warn!(reason = %reason, "scheduled poll failed; retrying at the next elapse")
+            Intake::Refused(_) | Intake::Hydra(_) => {
+                tracing::warn!(reason = %answer, "scheduled poll found nothing to deploy")
             }
         }
         self.ledger

@@ -36,6 +36,18 @@ pub enum VerifyError {
     NoMatch,
 }
 
+impl VerifyError {
+    /// A bounded metrics label for the refusal.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            VerifyError::Missing(_) => "missing-header",
+            VerifyError::Malformed(_) => "malformed-header",
+            VerifyError::Stale(_) => "stale-timestamp",
+            VerifyError::NoMatch => "bad-signature",
+        }
+    }
+}
+
 /// The keys of a secret file, newest first: signing uses the first, verifying accepts any.
 #[derive(Clone)]
 pub struct Keys(Vec<Vec<u8>>);

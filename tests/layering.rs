@@ -10,6 +10,7 @@ const VOCABULARY: &[&str] = &["model"];
 const LEAVES: &[&str] = &[
     "calendar",
     "config",
+    "durable",
     "health",
     "host",
     "hydra",
@@ -78,8 +79,8 @@ const RULES: &[Rule] = &[
     },
     Rule {
         from: &["ledger", "metrics"],
-        forbidden: |to| !matches!(to, "model" | "queue"),
-        reason: "the record and its metrics speak only the vocabulary (and the queue's pure rules)",
+        forbidden: |to| !matches!(to, "model" | "queue" | "durable"),
+        reason: "the record and its metrics speak only the vocabulary (with the queue's pure rules and the atomic file writer)",
     },
     Rule {
         from: &["hydra"],

@@ -121,6 +121,15 @@ async fn values_follow_attempts_and_requests() {
         ),
         1.0
     );
+    // The 422 for build 999, by its bounded cause.
+    assert_eq!(
+        get(
+            &m,
+            "nixos_hydra_upgrade_refusals_total",
+            &[("status", "rejected"), ("cause", "unknown-build")]
+        ),
+        1.0
+    );
     let labels = [("check", "always"), ("kind", "command")];
     assert_eq!(
         get(&m, "nixos_hydra_upgrade_health_check_passed", &labels),
@@ -211,6 +220,14 @@ async fn hydra_errors_are_counted() {
             &m,
             "nixos_hydra_upgrade_notifications_total",
             &[("status", "unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            "nixos_hydra_upgrade_refusals_total",
+            &[("status", "unavailable"), ("cause", "unreachable")]
         ),
         1.0
     );

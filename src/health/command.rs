@@ -5,7 +5,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use super::Outcome;
+use super::failure::{CheckFailure, Probe};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -24,26 +24,28 @@ pub(super) struct Finished {
 }
 
 /// One attempt: runs `argv` without a shell; passes when it exits 0.
-pub(super) async fn check(argv: &[String]) -> Outcome {
+pub(super) async fn check(argv: &[String]) -> Probe {
     let Some((program, args)) = argv.split_first() else {
-        return Err("empty argv".into());
+        return Err(CheckFailure::NothingToCheck("empty argv"));
     };
     let done = run(OsStr::new(program), args).await?;
     if done.status.success() {
         Ok("exit status 0".into())
     } else {
-        Err(format!(
-            "{}{}",
-            describe_status(done.status),
-            last_line(&done.stderr, &done.stdout)
-        ))
+        Err(CheckFailure::Exit {
+            status: describe_status(done.status),
+            last_line: last_line(&done.stderr, &done.stdout),
+        })
     }
 }
 
 /// Runs `program args…` in its own process group, stdin from /dev/null, output captured (capped).
 /// It has no timeout of its own: the caller bounds it by dropping the future, which kills the
 /// whole process group (`kill_on_drop` alone would reach only the direct child).
-pub(super) async fn run<S: AsRef<OsStr>>(program: &OsStr, args: &[S]) -> Result<Finished, String> {
+pub(super) async fn run<S: AsRef<OsStr>>(
+    program: &OsStr,
+    args: &[S],
+) -> Result<Finished, CheckFailure> {
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -52,7 +54,9 @@ pub(super) async fn run<S: AsRef<OsStr>>(program: &OsStr, args: &[S]) -> Result<
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", program.to_string_lossy()))?;
+        .map_err(|e| {
+            CheckFailure::CannotProbe(format!("cannot run {}: {e}", program.to_string_lossy()))
+        })?;
     // Declared after `child`, so dropped before it: the group dies before tokio reaps the leader,
     // and the group id cannot have been reused by then.
     let mut group = KillGroupOnDrop(child.id().and_then(|id| i32::try_from(id).ok()));
@@ -64,10 +68,9 @@ pub(super) async fn run<S: AsRef<OsStr>>(program: &OsStr, args: &[S]) -> Result<
         .stderr
         .take()
         .map(|p| AbortOnDrop(tokio::spawn(read_capped(p))));
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| format!("waiting for {}: {e}", program.to_string_lossy()))?;
+    let status = child.wait().await.map_err(|e| {
+        CheckFailure::CannotProbe(format!("waiting for {}: {e}", program.to_string_lossy()))
+    })?;
     group.0 = None; // reaped: its id may be reused from now on
     Ok(Finished {
         status,
@@ -159,7 +162,13 @@ mod tests {
     #[tokio::test]
     async fn true_passes_and_false_fails() {
         assert_eq!(check(&argv(&["true"])).await.unwrap(), "exit status 0");
-        assert_eq!(check(&argv(&["false"])).await.unwrap_err(), "exit status 1");
+        assert_eq!(
+            check(&argv(&["false"])).await.unwrap_err(),
+            CheckFailure::Exit {
+                status: "exit status 1".into(),
+                last_line: String::new()
+            }
+        );
     }
 
     #[tokio::test]
@@ -170,19 +179,25 @@ mod tests {
             "echo starting; echo 'db: connection refused' >&2; exit 3",
         ]);
         assert_eq!(
-            check(&a).await.unwrap_err(),
+            check(&a).await.unwrap_err().to_string(),
             "exit status 3: db: connection refused"
         );
     }
 
     #[tokio::test]
     async fn a_missing_program_and_empty_argv_fail() {
-        let detail = check(&argv(&["/nonexistent/nhu-check"])).await.unwrap_err();
+        let detail = check(&argv(&["/nonexistent/nhu-check"]))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             detail.starts_with("cannot run /nonexistent/nhu-check: "),
             "{detail}"
         );
-        assert_eq!(check(&[]).await.unwrap_err(), "empty argv");
+        assert_eq!(
+            check(&[]).await.unwrap_err(),
+            CheckFailure::NothingToCheck("empty argv")
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use super::Outcome;
+use super::failure::{Awaited, CheckFailure, Probe};
 use reqwest::redirect::Policy;
 use tokio::time::Instant;
 
@@ -21,7 +21,7 @@ pub(super) async fn check(
     status: Option<u16>,
     body_contains: Option<&str>,
     timeout: Duration,
-) -> Outcome {
+) -> Probe {
     let client = reqwest::Client::builder()
         .redirect(Policy::none())
         .no_proxy()
@@ -33,18 +33,24 @@ pub(super) async fn check(
             " health-check"
         ))
         .build()
-        .map_err(|e| format!("cannot build an HTTP client: {}", describe(&e)))?;
+        .map_err(|e| {
+            CheckFailure::CannotProbe(format!("cannot build an HTTP client: {}", describe(&e)))
+        })?;
     let started = Instant::now();
-    let mut response = client.get(url).send().await.map_err(|e| describe(&e))?;
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| transport(&e, timeout))?;
     let code = response.status();
     let status_ok = match status {
         Some(want) => code.as_u16() == want,
         None => code.is_success(),
     };
     if !status_ok {
-        return Err(match status {
-            Some(want) => format!("status {}, expected {want}", code.as_u16()),
-            None => format!("status {}", code.as_u16()),
+        return Err(CheckFailure::Status {
+            code: code.as_u16(),
+            expected: status,
         });
     }
     if let Some(needle) = body_contains {
@@ -63,20 +69,19 @@ pub(super) async fn check(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(format!(
-                        "status {}, reading the body: {}",
-                        code.as_u16(),
-                        describe(&e)
-                    ));
+                    return Err(CheckFailure::BodyUnreadable {
+                        code: code.as_u16(),
+                        reason: describe(&e),
+                    });
                 }
             }
         }
         if !contains(&body, needle.as_bytes()) {
-            let scope = if truncated { " (first 1 MiB read)" } else { "" };
-            return Err(format!(
-                "status {}, body does not contain {needle:?}{scope}",
-                code.as_u16()
-            ));
+            return Err(CheckFailure::BodyMismatch {
+                code: code.as_u16(),
+                needle: needle.to_owned(),
+                truncated,
+            });
         }
     }
     Ok(format!(
@@ -88,6 +93,21 @@ pub(super) async fn check(
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A request that got no answer: its timeout, or why the connection failed.
+fn transport(e: &reqwest::Error, timeout: Duration) -> CheckFailure {
+    if e.is_timeout() {
+        CheckFailure::Timeout {
+            awaited: Awaited::Response,
+            after: timeout,
+        }
+    } else {
+        CheckFailure::Connect {
+            to: None,
+            reason: describe(e),
+        }
+    }
 }
 
 /// The useful part of a reqwest error: "connection refused", "timed out", the resolver's or the
@@ -239,6 +259,7 @@ mod tests {
         for (what, resp, status, body, want) in cases {
             let (addr, _) = serve(resp.clone(), 1).await;
             let got = check(&format!("http://{addr}/health"), *status, *body, T).await;
+            let got = got.map_err(|e| e.to_string());
             match (want, &got) {
                 (Ok(prefix), Ok(d)) | (Err(prefix), Err(d)) => {
                     assert!(
@@ -259,7 +280,13 @@ mod tests {
         let detail = check(&format!("http://{addr}/"), None, None, T)
             .await
             .unwrap_err();
-        assert_eq!(detail, "status 302");
+        assert_eq!(
+            detail,
+            CheckFailure::Status {
+                code: 302,
+                expected: None
+            }
+        );
         assert_eq!(target_hits.load(Ordering::SeqCst), 0);
     }
 
@@ -270,7 +297,8 @@ mod tests {
         let (addr, _) = serve(response("200 OK", "", &body), 1).await;
         let detail = check(&format!("http://{addr}/"), None, Some("NEEDLE"), T)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(detail.ends_with("(first 1 MiB read)"), "{detail}");
     }
 
@@ -285,7 +313,8 @@ mod tests {
         let detail = check(&format!("http://127.0.0.1:{port}/"), None, None, T)
             .await
             .unwrap_err();
-        assert_eq!(detail, "connection refused");
+        assert_eq!(detail.to_string(), "connection refused");
+        assert!(matches!(detail, CheckFailure::Connect { .. }), "{detail:?}");
     }
 
     #[tokio::test]
@@ -302,7 +331,7 @@ mod tests {
         let detail = check(&format!("http://{addr}/"), None, None, short)
             .await
             .unwrap_err();
-        assert_eq!(detail, "timed out");
+        assert_eq!(detail.to_string(), "no complete response within 300ms");
         assert!(started.elapsed() < Duration::from_secs(2));
         hold.abort();
     }
@@ -311,7 +340,7 @@ mod tests {
     async fn https_to_a_plain_http_server_fails_cleanly() {
         let (addr, _) = serve(response("200 OK", "", b"hi"), 1).await;
         let got = check(&format!("https://{addr}/"), None, None, T).await;
-        let detail = got.unwrap_err();
+        let detail = got.unwrap_err().to_string();
         assert!(!detail.is_empty());
     }
 

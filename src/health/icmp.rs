@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::sync::Arc;
 use surge_ping::{Client, Config, ICMP, IcmpPacket, PingIdentifier, PingSequence, SurgeError};
 
-use super::Outcome;
+use super::failure::{Awaited, CheckFailure, Probe};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
@@ -65,7 +65,7 @@ impl Prober {
 
     /// One attempt: resolve `host`, ping each of its addresses once, concurrently; passes on the
     /// first echo reply.
-    pub(super) async fn check(&self, host: &str, timeout: Duration) -> Outcome {
+    pub(super) async fn check(&self, host: &str, timeout: Duration) -> Probe {
         let addrs = resolve(host).await?;
         let mut pings = JoinSet::new();
         let mut failures = Vec::new();
@@ -73,7 +73,7 @@ impl Prober {
             let client = match self.client(ip).await {
                 Ok(client) => client,
                 Err(e) => {
-                    failures.push(e);
+                    failures.push(CheckFailure::CannotProbe(e));
                     continue;
                 }
             };
@@ -89,11 +89,16 @@ impl Prober {
                 let _permit = in_flight.acquire_owned().await;
                 match pinger.ping(seq, PAYLOAD).await {
                     Ok((packet, rtt)) => echo_reply(ip, &packet, rtt),
-                    Err(SurgeError::Timeout { .. }) => Err(format!(
-                        "no echo reply from {ip} within {}",
-                        humantime::format_duration(timeout)
-                    )),
-                    Err(e) => Err(format!("{ip}: {e}")),
+                    Err(SurgeError::Timeout { .. }) => Err(CheckFailure::Timeout {
+                        awaited: Awaited::EchoReply {
+                            from: ip.to_string(),
+                        },
+                        after: timeout,
+                    }),
+                    Err(e) => Err(CheckFailure::Connect {
+                        to: Some(ip.to_string()),
+                        reason: e.to_string(),
+                    }),
                 }
             });
         }
@@ -102,16 +107,19 @@ impl Prober {
             match joined {
                 Ok(Ok(detail)) => return Ok(detail),
                 Ok(Err(detail)) => failures.push(detail),
-                Err(e) => failures.push(format!("ping task ended abnormally: {e}")),
+                Err(e) => failures.push(CheckFailure::Aborted(e.to_string())),
             }
         }
-        Err(failures.join("; "))
+        Err(match failures.len() {
+            1 => failures.remove(0),
+            _ => CheckFailure::All(failures),
+        })
     }
 }
 
 /// Only an echo reply passes; anything else the target sent back (e.g. "administratively
 /// prohibited") is a failure.
-fn echo_reply(ip: IpAddr, packet: &IcmpPacket, rtt: Duration) -> Outcome {
+fn echo_reply(ip: IpAddr, packet: &IcmpPacket, rtt: Duration) -> Probe {
     let (is_reply, kind) = match packet {
         IcmpPacket::V4(p) => (p.get_icmp_type().0 == 0, p.get_icmp_type().0),
         IcmpPacket::V6(p) => (p.get_icmpv6_type().0 == 129, p.get_icmpv6_type().0),
@@ -119,20 +127,21 @@ fn echo_reply(ip: IpAddr, packet: &IcmpPacket, rtt: Duration) -> Outcome {
     if is_reply {
         Ok(format!("{} reply from {ip}", super::fmt_rtt(rtt)))
     } else {
-        Err(format!(
-            "{ip} answered with ICMP type {kind}, not an echo reply"
-        ))
+        Err(CheckFailure::NotEchoReply {
+            ip,
+            icmp_type: kind,
+        })
     }
 }
 
 /// The addresses of `host` (an IP literal is used as is), each with its IPv6 scope id.
-async fn resolve(host: &str) -> Result<Vec<(IpAddr, u32)>, String> {
+async fn resolve(host: &str) -> Result<Vec<(IpAddr, u32)>, CheckFailure> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![(ip, 0)]);
     }
     let found = tokio::net::lookup_host((host, 0))
         .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        .map_err(|e| CheckFailure::CannotProbe(format!("cannot resolve {host}: {e}")))?;
     let mut addrs: Vec<(IpAddr, u32)> = Vec::new();
     for sa in found {
         let scope = match sa {
@@ -144,7 +153,9 @@ async fn resolve(host: &str) -> Result<Vec<(IpAddr, u32)>, String> {
         }
     }
     if addrs.is_empty() {
-        return Err(format!("{host} resolves to no address"));
+        return Err(CheckFailure::CannotProbe(format!(
+            "{host} resolves to no address"
+        )));
     }
     Ok(addrs)
 }

@@ -2,6 +2,7 @@
 
 mod command;
 mod config;
+mod failure;
 mod http;
 mod icmp;
 mod spec;
@@ -20,6 +21,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::model::CheckResult;
+
+use self::failure::Probe;
+pub use self::failure::{Awaited, CheckFailure};
 
 pub use self::config::{
     DEFAULT_DEADLINE, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_SETTLE, DEFAULT_SYSTEMCTL,
@@ -88,14 +92,11 @@ impl CheckKind {
     }
 }
 
-/// What one attempt found: `Ok(detail)` passed, `Err(detail)` failed.
-type Outcome = Result<String, String>;
-
 /// How far a running check got, read when the phase deadline cuts it off.
 #[derive(Default)]
 struct Progress {
     attempts: AtomicU32,
-    last_failure: Mutex<Option<String>>,
+    last_failure: Mutex<Option<CheckFailure>>,
 }
 
 /// The configured checks of one phase (pre or post), run through `systemctl` for systemd checks.
@@ -144,13 +145,13 @@ pub async fn run_phase(checks: &[Check], deadline: Duration) -> Vec<CheckResult>
         let Some(joined) = joined else { break };
         let (id, result) = match joined {
             Ok((id, result)) => (id, Ok(result)),
-            Err(e) => (e.id(), Err(format!("check task ended abnormally: {e}"))),
+            Err(e) => (e.id(), Err(CheckFailure::Aborted(e.to_string()))),
         };
         let Some(&i) = index_of.get(&id) else {
             continue;
         };
-        results[i] = Some(result.unwrap_or_else(|detail| {
-            let r = failed(&checks[i], &progress[i], detail, started);
+        results[i] = Some(result.unwrap_or_else(|failure| {
+            let r = failed(&checks[i], &progress[i], failure, started);
             log_result(&r);
             r
         }));
@@ -165,11 +166,11 @@ pub async fn run_phase(checks: &[Check], deadline: Duration) -> Vec<CheckResult>
                 .lock()
                 .ok()
                 .and_then(|g| g.clone())
-                .map_or_else(String::new, |d| format!(" (last attempt: {d})"));
+                .map(Box::new);
             let r = failed(
                 &checks[i],
                 &progress[i],
-                format!("phase deadline exceeded{last}"),
+                CheckFailure::PhaseDeadline { last },
                 started,
             );
             log_result(&r);
@@ -189,12 +190,17 @@ pub async fn run_post_checks(config: &HealthChecksConfig) -> Vec<CheckResult> {
     run_phase(&checks, config.deadline).await
 }
 
-fn failed(check: &Check, progress: &Progress, detail: String, started: Instant) -> CheckResult {
+fn failed(
+    check: &Check,
+    progress: &Progress,
+    failure: CheckFailure,
+    started: Instant,
+) -> CheckResult {
     CheckResult {
         name: check.name.clone(),
         kind: check.kind.as_str().into(),
         passed: false,
-        detail,
+        detail: failure.to_string(),
         attempts: progress.attempts.load(Ordering::Relaxed),
         duration_ms: millis(started.elapsed()),
     }
@@ -210,13 +216,16 @@ async fn run_check(check: &Check, prober: &icmp::Prober, progress: &Progress) ->
         progress.attempts.store(attempts, Ordering::Relaxed);
         let outcome = match tokio::time::timeout(check.timeout, attempt(check, prober)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(timeout_detail(&check.kind, check.timeout)),
+            Err(_) => Err(CheckFailure::Timeout {
+                awaited: awaited(&check.kind),
+                after: check.timeout,
+            }),
         };
         match outcome {
-            Err(detail) if attempts < max_attempts => {
-                tracing::debug!(check = %check.name, attempt = attempts, %detail, "health check attempt failed, retrying");
+            Err(failure) if attempts < max_attempts => {
+                tracing::debug!(check = %check.name, attempt = attempts, detail = %failure, "health check attempt failed, retrying");
                 if let Ok(mut last) = progress.last_failure.lock() {
-                    *last = Some(detail);
+                    *last = Some(failure);
                 }
                 tokio::time::sleep(check.interval).await;
             }
@@ -225,7 +234,7 @@ async fn run_check(check: &Check, prober: &icmp::Prober, progress: &Progress) ->
     };
     let (passed, detail) = match outcome {
         Ok(d) => (true, d),
-        Err(d) => (false, d),
+        Err(failure) => (false, failure.to_string()),
     };
     let result = CheckResult {
         name: check.name.clone(),
@@ -239,7 +248,7 @@ async fn run_check(check: &Check, prober: &icmp::Prober, progress: &Progress) ->
     result
 }
 
-async fn attempt(check: &Check, prober: &icmp::Prober) -> Outcome {
+async fn attempt(check: &Check, prober: &icmp::Prober) -> Probe {
     match &check.kind {
         CheckKind::Icmp { host } => prober.check(host, check.timeout).await,
         CheckKind::Tcp { address } => self::tcp::check(address).await,
@@ -253,14 +262,16 @@ async fn attempt(check: &Check, prober: &icmp::Prober) -> Outcome {
     }
 }
 
-fn timeout_detail(kind: &CheckKind, timeout: Duration) -> String {
-    let t = humantime::format_duration(timeout);
+/// What an attempt of `kind` waits for, named when its timeout runs out.
+fn awaited(kind: &CheckKind) -> Awaited {
     match kind {
-        CheckKind::Icmp { host } => format!("no echo reply from {host} within {t}"),
-        CheckKind::Tcp { address } => format!("connect to {address} timed out after {t}"),
-        CheckKind::Http { .. } => format!("no complete response within {t}"),
-        CheckKind::Systemd { .. } => format!("systemctl timed out after {t} (killed)"),
-        CheckKind::Command { .. } => format!("timed out after {t} (killed)"),
+        CheckKind::Icmp { host } => Awaited::EchoReply { from: host.clone() },
+        CheckKind::Tcp { address } => Awaited::Connect {
+            to: address.clone(),
+        },
+        CheckKind::Http { .. } => Awaited::Response,
+        CheckKind::Systemd { .. } => Awaited::Systemctl,
+        CheckKind::Command { .. } => Awaited::Command,
     }
 }
 

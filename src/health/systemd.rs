@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
-use super::Outcome;
 use super::command::{describe_status, last_line, run};
+use super::failure::{CheckFailure, Probe};
 
 /// One attempt: asks `systemctl` for the state of `units`.
-pub(super) async fn check(systemctl: &Path, units: &[String]) -> Outcome {
+pub(super) async fn check(systemctl: &Path, units: &[String]) -> Probe {
     if units.is_empty() {
-        return Err("no units named".into());
+        return Err(CheckFailure::NothingToCheck("no units named"));
     }
     let mut args = vec!["is-active", "--"];
     args.extend(units.iter().map(String::as_str));
@@ -23,24 +23,23 @@ pub(super) async fn check(systemctl: &Path, units: &[String]) -> Outcome {
         .filter(|l| !l.is_empty())
         .collect();
     if states.len() != units.len() {
-        return Err(format!(
-            "systemctl is-active gave {} states for {} units ({}){}",
-            states.len(),
-            units.len(),
-            describe_status(done.status),
-            last_line(&done.stderr, b"")
-        ));
+        return Err(CheckFailure::SystemctlOutput {
+            states: states.len(),
+            units: units.len(),
+            status: describe_status(done.status),
+            last_line: last_line(&done.stderr, b""),
+        });
     }
-    let not_active: Vec<String> = units
+    let not_active: Vec<(String, String)> = units
         .iter()
         .zip(&states)
         .filter(|(_, state)| **state != "active")
-        .map(|(unit, state)| format!("{unit} is {state}"))
+        .map(|(unit, state)| (unit.clone(), (*state).to_owned()))
         .collect();
     match (not_active.is_empty(), units) {
         (true, [one]) => Ok(format!("{one} is active")),
         (true, _) => Ok(format!("all {} units active", units.len())),
-        (false, _) => Err(not_active.join(", ")),
+        (false, _) => Err(CheckFailure::Inactive(not_active)),
     }
 }
 
@@ -106,6 +105,7 @@ exit $rc
         ];
         for (u, want) in cases {
             let got = check(&systemctl, &units(u)).await;
+            let got = got.map_err(|e| e.to_string());
             assert_eq!(got.as_deref().map_err(String::as_str), *want, "{u:?}");
         }
     }
@@ -116,7 +116,8 @@ exit $rc
         let systemctl = script(&dir, "systemctl", NO_BUS);
         let detail = check(&systemctl, &units(&["ok.service"]))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             detail,
             "systemctl is-active gave 0 states for 1 units (exit status 1): \
@@ -128,7 +129,8 @@ exit $rc
     async fn a_missing_systemctl_fails() {
         let detail = check(Path::new("/nonexistent/systemctl"), &units(&["ok.service"]))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             detail.starts_with("cannot run /nonexistent/systemctl"),
             "{detail}"

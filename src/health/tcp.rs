@@ -3,15 +3,15 @@
 use std::io;
 use std::net::SocketAddr;
 
-use super::Outcome;
+use super::failure::{CheckFailure, Probe};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// One attempt: resolve `address`, connect to its addresses in turn until one accepts.
-pub(super) async fn check(address: &str) -> Outcome {
+pub(super) async fn check(address: &str) -> Probe {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address)
         .await
-        .map_err(|e| format!("cannot resolve {address}: {e}"))?
+        .map_err(|e| CheckFailure::CannotProbe(format!("cannot resolve {address}: {e}")))?
         .collect();
     let mut failures = Vec::new();
     // Bounded: one connect per resolved address.
@@ -28,14 +28,23 @@ pub(super) async fn check(address: &str) -> Outcome {
             Err(e) => failures.push((addr, describe_io_error(&e))),
         }
     }
-    match failures.as_slice() {
-        [] => Err(format!("{address} resolves to no address")),
-        [(_, only)] => Err(only.clone()),
-        many => Err(many
-            .iter()
-            .map(|(a, e)| format!("{a}: {e}"))
-            .collect::<Vec<_>>()
-            .join("; ")),
+    let mut failures: Vec<CheckFailure> = failures
+        .into_iter()
+        .map(|(addr, reason)| CheckFailure::Connect {
+            to: Some(addr.to_string()),
+            reason,
+        })
+        .collect();
+    match failures.len() {
+        0 => Err(CheckFailure::CannotProbe(format!(
+            "{address} resolves to no address"
+        ))),
+        1 => Err(match failures.remove(0) {
+            // One address: the reason alone, the check's name already says where.
+            CheckFailure::Connect { reason, .. } => CheckFailure::Connect { to: None, reason },
+            other => other,
+        }),
+        _ => Err(CheckFailure::All(failures)),
     }
 }
 
@@ -88,7 +97,13 @@ mod tests {
             .unwrap()
             .port();
         let detail = check(&format!("127.0.0.1:{port}")).await.unwrap_err();
-        assert_eq!(detail, "connection refused");
+        assert_eq!(
+            detail,
+            CheckFailure::Connect {
+                to: None,
+                reason: "connection refused".into()
+            }
+        );
     }
 
     #[tokio::test]
@@ -102,7 +117,7 @@ mod tests {
     #[tokio::test]
     async fn a_malformed_address_fails_without_panicking() {
         for bad in ["", "no-port", "127.0.0.1:99999", "[::1]"] {
-            let detail = check(bad).await.unwrap_err();
+            let detail = check(bad).await.unwrap_err().to_string();
             assert!(detail.starts_with("cannot resolve"), "{bad}: {detail}");
         }
     }

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::hydra::HydraError;
 use crate::intake::Intake;
 use crate::model::Target;
 
@@ -14,15 +15,24 @@ const RETRY_AFTER_SECS: &str = "30";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Queued(Target),
-    Current { build: u64, reason: String },
+    Current {
+        build: u64,
+        reason: String,
+    },
     Duplicate,
     Ignored(String),
     Invalid(String),
-    Unauthorized(String),
+    /// 401; `cause` is a bounded label (`VerifyError::cause`, or `no-secret`).
+    Unauthorized {
+        cause: &'static str,
+        reason: String,
+    },
     Refused(String),
     TooLarge,
-    Rejected(String),
-    Unavailable(String),
+    /// Hydra's no (422) or Hydra out of reach (503), by `HydraError::is_unavailable`.
+    Hydra(HydraError),
+    /// 503: an earlier copy with this `webhook-id` is still being answered.
+    InFlight,
 }
 
 impl Answer {
@@ -31,11 +41,12 @@ impl Answer {
             Answer::Queued(_) => StatusCode::ACCEPTED,
             Answer::Current { .. } | Answer::Duplicate | Answer::Ignored(_) => StatusCode::OK,
             Answer::Invalid(_) => StatusCode::BAD_REQUEST,
-            Answer::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Answer::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Answer::Refused(_) => StatusCode::CONFLICT,
             Answer::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Answer::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Answer::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Answer::Hydra(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Answer::Hydra(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Answer::InFlight => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -47,10 +58,26 @@ impl Answer {
             Answer::Duplicate => "duplicate",
             Answer::Ignored(_) => "ignored",
             Answer::Invalid(_) | Answer::TooLarge => "invalid",
-            Answer::Unauthorized(_) => "unauthorized",
+            Answer::Unauthorized { .. } => "unauthorized",
             Answer::Refused(_) => "refused",
-            Answer::Rejected(_) => "rejected",
-            Answer::Unavailable(_) => "unavailable",
+            Answer::Hydra(e) if e.is_unavailable() => "unavailable",
+            Answer::Hydra(_) => "rejected",
+            Answer::InFlight => "unavailable",
+        }
+    }
+
+    /// Why a request was not accepted, as a bounded metrics label; None for a 2xx answer.
+    pub fn cause(&self) -> Option<&'static str> {
+        match self {
+            Answer::Queued(_) | Answer::Current { .. } | Answer::Duplicate | Answer::Ignored(_) => {
+                None
+            }
+            Answer::Invalid(_) => Some("invalid-body"),
+            Answer::TooLarge => Some("body-too-large"),
+            Answer::Unauthorized { cause, .. } => Some(cause),
+            Answer::Refused(_) => Some("older-than-deployed"),
+            Answer::Hydra(e) => Some(e.cause()),
+            Answer::InFlight => Some("in-flight"),
         }
     }
 
@@ -65,12 +92,15 @@ impl Answer {
             Answer::TooLarge => {
                 json!({ "status": status, "reason": format!("body over {} bytes", crate::config::MAX_BODY_BYTES) })
             }
+            Answer::Hydra(e) => json!({ "status": status, "reason": e.to_string() }),
+            Answer::InFlight => json!({
+                "status": status,
+                "reason": "an earlier copy of this webhook-id is still being answered; retry later"
+            }),
             Answer::Ignored(reason)
             | Answer::Invalid(reason)
-            | Answer::Unauthorized(reason)
-            | Answer::Refused(reason)
-            | Answer::Rejected(reason)
-            | Answer::Unavailable(reason) => json!({ "status": status, "reason": reason }),
+            | Answer::Unauthorized { reason, .. }
+            | Answer::Refused(reason) => json!({ "status": status, "reason": reason }),
         }
     }
 }
@@ -81,8 +111,7 @@ impl From<Intake> for Answer {
             Intake::Queued(target) => Answer::Queued(target),
             Intake::Current { build, reason } => Answer::Current { build, reason },
             Intake::Refused(reason) => Answer::Refused(reason),
-            Intake::Rejected(reason) => Answer::Rejected(reason),
-            Intake::Unavailable(reason) => Answer::Unavailable(reason),
+            Intake::Hydra(e) => Answer::Hydra(e),
         }
     }
 }
@@ -90,7 +119,7 @@ impl From<Intake> for Answer {
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
-        if matches!(self, Answer::Unavailable(_)) {
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),

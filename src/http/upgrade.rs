@@ -15,6 +15,7 @@ use super::answer::Answer;
 use crate::config::MAX_BODY_BYTES;
 use crate::intake::UpgradeRequest;
 use crate::model::Source;
+use crate::replay::Claim;
 use crate::signature::Headers;
 
 /// At most one warning per this interval sums up unauthenticated requests.
@@ -24,12 +25,12 @@ static LAST_UNAUTHENTICATED_WARN: Mutex<Option<Instant>> = Mutex::new(None);
 
 pub async fn upgrade(State(agent): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
     let answer = answer(&agent, &headers, body).await;
-    agent.metrics.notification(answer.label());
+    agent.metrics.notification(answer.label(), answer.cause());
     match &answer {
         Answer::Queued(_) | Answer::Current { .. } | Answer::Duplicate | Answer::Ignored(_) => {
             tracing::info!(status = answer.label(), answer = ?answer, "upgrade request answered")
         }
-        Answer::Unauthorized(_) | Answer::Invalid(_) | Answer::TooLarge => {
+        Answer::Unauthorized { .. } | Answer::Invalid(_) | Answer::TooLarge => {
             log_unauthenticated(&answer)
         }
         _ => tracing::warn!(status = answer.label(), answer = ?answer, "upgrade request refused"),
@@ -62,7 +63,10 @@ async fn answer(agent: &Api, headers: &HeaderMap, body: Body) -> Answer {
         return Answer::TooLarge;
     }
     let Some(keys) = &agent.keys else {
-        return Answer::Unauthorized("this agent has no secret_file and accepts no pushes".into());
+        return Answer::Unauthorized {
+            cause: "no-secret",
+            reason: "this agent has no secret_file and accepts no pushes".into(),
+        };
     };
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return Answer::TooLarge;
@@ -76,19 +80,26 @@ async fn answer(agent: &Api, headers: &HeaderMap, body: Body) -> Answer {
     let now = jiff::Timestamp::now().as_second();
     let tolerance = agent.signature_tolerance.as_secs();
     if let Err(e) = keys.verify(&signed, &bytes, now, tolerance) {
-        return Answer::Unauthorized(e.to_string());
+        return Answer::Unauthorized {
+            cause: e.cause(),
+            reason: e.to_string(),
+        };
     }
     let id = signed.id.unwrap_or_default();
-    if agent.replay.seen(id) {
-        return Answer::Duplicate;
-    }
+    let reservation = match agent.replay.claim(id) {
+        Claim::Fresh(reservation) => reservation,
+        Claim::Seen => return Answer::Duplicate,
+        // Not `duplicate`: the first copy may still end in a 5xx, and a sender told 200 would
+        // never retry; a 503 makes it come back once the first copy's answer is known.
+        Claim::InFlight => return Answer::InFlight,
+    };
     let answer = match parse_body(&bytes) {
         Err(reason) => Answer::Invalid(reason),
         Ok(Parsed::Ignore(reason)) => Answer::Ignored(reason),
         Ok(Parsed::Request(request)) => agent.intake.intake(request).await.into(),
     };
     if answer.status().is_success() {
-        agent.replay.remember(id, now);
+        reservation.accepted(now).await;
     }
     answer
 }

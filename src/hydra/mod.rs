@@ -16,14 +16,115 @@ use models::{Build, ErrorBody, Eval};
 /// Hydra answers larger than this are treated as garbage.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why Hydra's word could not be had (`is_unavailable`: 503, try again) or is no (422). Every
+/// variant names the step and its input in `what` ("hydra build 4821", "hydra eval 912").
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum HydraError {
-    /// Hydra could not be asked or answered nonsense: try again later (503).
-    #[error("hydra unavailable: {0}")]
-    Unavailable(String),
-    /// Hydra answered, and the answer is no (422).
-    #[error("{0}")]
-    Rejected(String),
+    #[error("hydra unavailable: cannot build the HTTP client: {0}")]
+    Client(String),
+    #[error("hydra unavailable: {what}: {detail}")]
+    Unreachable { what: String, detail: String },
+    #[error("hydra unavailable: {what}: {detail}")]
+    TimedOut { what: String, detail: String },
+    #[error("hydra unavailable: {what}: answered {status}")]
+    UnexpectedStatus { what: String, status: u16 },
+    #[error("hydra unavailable: {what}: answer over {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge { what: String },
+    #[error("hydra unavailable: {what}: unusable JSON: {detail}")]
+    BadJson { what: String, detail: String },
+    /// Hydra answered about another build or evaluation than the one asked for.
+    #[error("hydra unavailable: {what}: answered for {noun} {answered}")]
+    IdMismatch {
+        what: String,
+        noun: &'static str,
+        answered: i64,
+    },
+    #[error("hydra unavailable: {what}: expected a redirect, got {status}")]
+    NotRedirect { what: String, status: u16 },
+    #[error("hydra unavailable: {what}: redirect without Location")]
+    NoLocation { what: String },
+    #[error("hydra unavailable: {what}: Location {location:?} names no build")]
+    LocationNamesNoBuild { what: String, location: String },
+
+    #[error("{what}: unknown to Hydra ({reason})")]
+    Unknown { what: String, reason: String },
+    #[error("{what}: Hydra has no successful build")]
+    NoSuccessfulBuild { what: String },
+    #[error("{what}: belongs to {found}, not {wanted}")]
+    OtherJob {
+        what: String,
+        found: String,
+        wanted: String,
+    },
+    #[error("{what}: not finished")]
+    NotFinished { what: String },
+    #[error("{what}: buildstatus {}, not deployable", .status.map_or("null".into(), |s| s.to_string()))]
+    NotSuccessful { what: String, status: Option<i64> },
+    #[error("{what}: no out path")]
+    NoOutPath { what: String },
+    #[error("{what}: out path refused: {reason}")]
+    OutPathRefused { what: String, reason: String },
+    #[error("{what}: belongs to no evaluation, so no flake")]
+    NoEvaluation { what: String },
+    #[error("{what}: no flake (a legacy jobset); use activation = \"store-path\"")]
+    NoFlake { what: String },
+    #[error("{what}: flake refused: {reason}")]
+    FlakeRefused { what: String, reason: String },
+}
+
+impl HydraError {
+    /// Hydra could not be asked or answered nonsense: the request may succeed later (503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            HydraError::Client(_)
+                | HydraError::Unreachable { .. }
+                | HydraError::TimedOut { .. }
+                | HydraError::UnexpectedStatus { .. }
+                | HydraError::TooLarge { .. }
+                | HydraError::BadJson { .. }
+                | HydraError::IdMismatch { .. }
+                | HydraError::NotRedirect { .. }
+                | HydraError::NoLocation { .. }
+                | HydraError::LocationNamesNoBuild { .. }
+        )
+    }
+
+    /// A bounded label for metrics: one per variant, no input in it.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            HydraError::Client(_) => "client",
+            HydraError::Unreachable { .. } => "unreachable",
+            HydraError::TimedOut { .. } => "timeout",
+            HydraError::UnexpectedStatus { .. } => "status",
+            HydraError::TooLarge { .. } => "too-large",
+            HydraError::BadJson { .. } => "bad-json",
+            HydraError::IdMismatch { .. } => "id-mismatch",
+            HydraError::NotRedirect { .. } => "not-redirect",
+            HydraError::NoLocation { .. } => "no-location",
+            HydraError::LocationNamesNoBuild { .. } => "bad-location",
+            HydraError::Unknown { .. } => "unknown-build",
+            HydraError::NoSuccessfulBuild { .. } => "no-successful-build",
+            HydraError::OtherJob { .. } => "other-job",
+            HydraError::NotFinished { .. } => "not-finished",
+            HydraError::NotSuccessful { .. } => "build-failed",
+            HydraError::NoOutPath { .. } => "no-out-path",
+            HydraError::OutPathRefused { .. } => "out-path-refused",
+            HydraError::NoEvaluation { .. } => "no-evaluation",
+            HydraError::NoFlake { .. } => "no-flake",
+            HydraError::FlakeRefused { .. } => "flake-refused",
+        }
+    }
+
+    /// A transport failure, told apart by whether it was the configured timeout.
+    fn transport(what: &str, e: &reqwest::Error) -> HydraError {
+        let (what, detail) = (what.to_owned(), describe(e));
+        if e.is_timeout() {
+            HydraError::TimedOut { what, detail }
+        } else {
+            HydraError::Unreachable { what, detail }
+        }
+    }
 }
 
 /// Which Hydra, and which job of it holds this host's system: plain values from the config.
@@ -59,7 +160,7 @@ impl HydraClient {
             .connect_timeout(job.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("nixos-hydra-upgrade/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| HydraError::Unavailable(format!("cannot build HTTP client: {e}")))?;
+            .map_err(|e| HydraError::Client(e.to_string()))?;
         Ok(HydraClient {
             observer: None,
             http,
@@ -87,22 +188,24 @@ impl HydraClient {
         let response = self.get(&path, &what).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {
-            return Err(HydraError::Rejected(format!(
-                "{what}: Hydra has no successful build"
-            )));
+            return Err(HydraError::NoSuccessfulBuild { what });
         }
         if !status.is_redirection() {
-            return Err(HydraError::Unavailable(format!(
-                "{what}: expected a redirect, got {status}"
-            )));
+            return Err(HydraError::NotRedirect {
+                what,
+                status: status.as_u16(),
+            });
         }
-        let location = response
+        let Some(location) = response
             .headers()
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| HydraError::Unavailable(format!("{what}: redirect without Location")))?;
-        build_id_from_location(location).ok_or_else(|| {
-            HydraError::Unavailable(format!("{what}: Location {location:?} names no build"))
+        else {
+            return Err(HydraError::NoLocation { what });
+        };
+        build_id_from_location(location).ok_or_else(|| HydraError::LocationNamesNoBuild {
+            what,
+            location: location.to_owned(),
         })
     }
 
@@ -111,34 +214,40 @@ impl HydraClient {
         let what = format!("hydra build {id}");
         let build: Build = self.get_json(&format!("/build/{id}"), &what).await?;
         if u64::try_from(build.id).ok() != Some(id) {
-            return Err(HydraError::Unavailable(format!(
-                "{what}: answered for build {}",
-                build.id
-            )));
+            return Err(HydraError::IdMismatch {
+                what,
+                noun: "build",
+                answered: build.id,
+            });
         }
         let (p, j, job) = (&self.project, &self.jobset, &self.job);
         if (&build.project, &build.jobset, &build.job) != (p, j, job) {
-            return Err(HydraError::Rejected(format!(
-                "{what}: belongs to {}:{}:{}, not {p}:{j}:{job}",
-                build.project, build.jobset, build.job
-            )));
+            return Err(HydraError::OtherJob {
+                what,
+                found: format!("{}:{}:{}", build.project, build.jobset, build.job),
+                wanted: format!("{p}:{j}:{job}"),
+            });
         }
         if !build.finished {
-            return Err(HydraError::Rejected(format!("{what}: not finished")));
+            return Err(HydraError::NotFinished { what });
         }
         if build.buildstatus != Some(0) {
-            let status = build.buildstatus.map_or("null".into(), |s| s.to_string());
-            return Err(HydraError::Rejected(format!(
-                "{what}: buildstatus {status}, not deployable"
-            )));
+            return Err(HydraError::NotSuccessful {
+                what,
+                status: build.buildstatus,
+            });
         }
-        let path = build
+        let Some(path) = build
             .buildoutputs
             .get("out")
             .and_then(|o| o.path.as_deref())
-            .ok_or_else(|| HydraError::Rejected(format!("{what}: no out path")))?;
-        let path = StorePath::parse(path)
-            .map_err(|e| HydraError::Rejected(format!("{what}: out path refused: {e}")))?;
+        else {
+            return Err(HydraError::NoOutPath { what });
+        };
+        let path = StorePath::parse(path).map_err(|e| HydraError::OutPathRefused {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
         let flake = if self.flake {
             Some(self.flake_of(&build, &what).await?)
         } else {
@@ -156,26 +265,33 @@ impl HydraClient {
 
     /// The locked flake of the newest evaluation that contains the build.
     async fn flake_of(&self, build: &Build, what: &str) -> Result<FlakeRef, HydraError> {
-        let eval_id = build.jobsetevals.iter().copied().max().ok_or_else(|| {
-            HydraError::Rejected(format!("{what}: belongs to no evaluation, so no flake"))
-        })?;
+        let eval_id =
+            build
+                .jobsetevals
+                .iter()
+                .copied()
+                .max()
+                .ok_or_else(|| HydraError::NoEvaluation {
+                    what: what.to_owned(),
+                })?;
         let eval_what = format!("hydra eval {eval_id}");
         let eval: Eval = self
             .get_json(&format!("/eval/{eval_id}"), &eval_what)
             .await?;
         if eval.id != eval_id {
-            return Err(HydraError::Unavailable(format!(
-                "{eval_what}: answered for eval {}",
-                eval.id
-            )));
+            return Err(HydraError::IdMismatch {
+                what: eval_what,
+                noun: "eval",
+                answered: eval.id,
+            });
         }
-        let flake = eval.flake.filter(|f| !f.is_empty()).ok_or_else(|| {
-            HydraError::Rejected(format!(
-                "{eval_what}: no flake (a legacy jobset); use activation = \"store-path\""
-            ))
-        })?;
-        FlakeRef::parse(&flake)
-            .map_err(|e| HydraError::Rejected(format!("{eval_what}: flake refused: {e}")))
+        let Some(flake) = eval.flake.filter(|f| !f.is_empty()) else {
+            return Err(HydraError::NoFlake { what: eval_what });
+        };
+        FlakeRef::parse(&flake).map_err(|e| HydraError::FlakeRefused {
+            what: eval_what,
+            reason: e.to_string(),
+        })
     }
 
     async fn get(&self, path: &str, what: &str) -> Result<reqwest::Response, HydraError> {
@@ -196,7 +312,7 @@ impl HydraClient {
             let ok = result.as_ref().is_ok_and(|r| !r.status().is_server_error());
             observer.request(endpoint, started.elapsed(), ok);
         }
-        result.map_err(|e| HydraError::Unavailable(format!("{what}: {}", describe(&e))))
+        result.map_err(|e| HydraError::transport(what, &e))
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T, HydraError> {
@@ -207,23 +323,28 @@ impl HydraClient {
             let reason = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| "not found".into());
-            return Err(HydraError::Rejected(format!(
-                "{what}: unknown to Hydra ({reason})"
-            )));
+            return Err(HydraError::Unknown {
+                what: what.to_owned(),
+                reason,
+            });
         }
         if status != StatusCode::OK {
-            return Err(HydraError::Unavailable(format!(
-                "{what}: answered {status}"
-            )));
+            return Err(HydraError::UnexpectedStatus {
+                what: what.to_owned(),
+                status: status.as_u16(),
+            });
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| HydraError::Unavailable(format!("{what}: unusable JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| HydraError::BadJson {
+            what: what.to_owned(),
+            detail: e.to_string(),
+        })
     }
 }
 
 async fn read_capped(mut response: reqwest::Response, what: &str) -> Result<Vec<u8>, HydraError> {
-    let too_big =
-        || HydraError::Unavailable(format!("{what}: answer over {MAX_RESPONSE_BYTES} bytes"));
+    let too_big = || HydraError::TooLarge {
+        what: what.to_owned(),
+    };
     if response
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
@@ -234,7 +355,7 @@ async fn read_capped(mut response: reqwest::Response, what: &str) -> Result<Vec<
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| HydraError::Unavailable(format!("{what}: {}", describe(&e))))?
+        .map_err(|e| HydraError::transport(what, &e))?
     {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(too_big());
@@ -274,6 +395,72 @@ pub fn build_id_from_location(location: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_has_its_answer_label_and_message() {
+        let what = || "hydra build 4821".to_owned();
+        let cases = [
+            (
+                HydraError::TimedOut {
+                    what: what(),
+                    detail: "timed out".into(),
+                },
+                true,
+                "timeout",
+                "hydra unavailable: hydra build 4821: timed out",
+            ),
+            (
+                HydraError::UnexpectedStatus {
+                    what: what(),
+                    status: 502,
+                },
+                true,
+                "status",
+                "hydra unavailable: hydra build 4821: answered 502",
+            ),
+            (
+                HydraError::IdMismatch {
+                    what: what(),
+                    noun: "build",
+                    answered: 8,
+                },
+                true,
+                "id-mismatch",
+                "hydra unavailable: hydra build 4821: answered for build 8",
+            ),
+            (
+                HydraError::NotSuccessful {
+                    what: what(),
+                    status: Some(1),
+                },
+                false,
+                "build-failed",
+                "hydra build 4821: buildstatus 1, not deployable",
+            ),
+            (
+                HydraError::NotSuccessful {
+                    what: what(),
+                    status: None,
+                },
+                false,
+                "build-failed",
+                "hydra build 4821: buildstatus null, not deployable",
+            ),
+            (
+                HydraError::NoFlake {
+                    what: "hydra eval 912".into(),
+                },
+                false,
+                "no-flake",
+                "hydra eval 912: no flake (a legacy jobset); use activation = \"store-path\"",
+            ),
+        ];
+        for (error, unavailable, cause, text) in cases {
+            assert_eq!(error.is_unavailable(), unavailable, "{error:?}");
+            assert_eq!(error.cause(), cause);
+            assert_eq!(error.to_string(), text);
+        }
+    }
 
     #[test]
     fn location_parsing() {
