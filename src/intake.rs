@@ -73,7 +73,7 @@ pub async fn intake(agent: &Agent, request: UpgradeRequest) -> Intake {
     };
     match agent.queue.offer(job) {
         Decision::Proceed => {
-            tracing::info!(build, path = %target.path, source = ?request.source, "queued");
+            tracing::info!(build, path = %target.path, source = %request.source, "queued");
             Intake::Queued(target)
         }
         Decision::Current(reason) => Intake::Current { build, reason },

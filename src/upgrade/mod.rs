@@ -83,7 +83,7 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         finished_at: now(),
         checks: Vec::new(),
     };
-    tracing::info!(path = %target.path, source = ?job.source, force = job.force, "attempt started");
+    tracing::info!(path = %target.path, source = %job.source, force = job.force, "attempt started");
 
     agent.phase.set(Phase::PreChecking);
     let pre = crate::health::run_phase(
@@ -245,7 +245,7 @@ fn finish(agent: &Agent, mut record: Attempt, clock: Instant) {
     let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     match &record.error {
         None => {
-            tracing::info!(outcome = record.outcome.as_str(), reboot = ?record.reboot, duration_ms, "attempt finished")
+            tracing::info!(outcome = record.outcome.as_str(), reboot = %record.reboot, duration_ms, "attempt finished")
         }
         Some(error) => {
             tracing::warn!(outcome = record.outcome.as_str(), error = %error, duration_ms, "attempt finished")
