@@ -56,11 +56,12 @@ pub enum Command {
         long_about = "Validate a config file without reading the secret file or touching the \
                       network: syntax, unknown keys (with the closest known one), values, and \
                       that the calendar event in `dates` fires again.\n\n\
-                      Programs named by hooks, command checks, command gates, \
-                      system.nixos_rebuild and system.reboot_command must exist (an absolute \
-                      path that is an executable file, or a name found on PATH): a missing one \
-                      is an error (exit 2), because the agent would fail at the worst moment. \
-                      Run it where the agent runs (its PATH), or name programs by absolute path.",
+                      Programs named by hooks, command checks, system.nixos_rebuild, \
+                      system.reboot_command (with allow_reboot) and system.systemctl (with \
+                      systemd checks) are looked up: an absolute path that is missing or not \
+                      executable, or a relative path, is an error (exit 2); a bare name not \
+                      found on this PATH is a warning only (exit 0), because the agent's PATH, \
+                      set by its unit, may differ from yours.",
         after_help = "Examples:\n  \
                       nixos-hydra-upgrade check-config\n  \
                       nixos-hydra-upgrade check-config --config ./agent.toml\n\n\
@@ -112,14 +113,15 @@ pub enum Command {
         /// Allow redeploying the deployed build or going back to an older one.
         #[arg(long)]
         force: bool,
-        /// Follow the attempt, printing each phase; exit 0 only if it upgraded (or was current).
+        /// Follow the attempt, printing each phase; exit 0 only if it upgraded (or was current, or a
+        /// dry run).
         #[arg(long)]
         wait: bool,
         /// How long --wait follows the attempt.
         #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = duration)]
         timeout: Duration,
         /// Print the agent's answer as JSON (one object) instead of a sentence.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         json: bool,
     },
     /// Show an agent's status: who it is, what it runs, what it does now.

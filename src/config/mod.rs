@@ -284,12 +284,15 @@ impl Settings {
             ));
         }
         validate_dates(&raw.dates).map_err(|m| invalid("dates", m))?;
+        // These errors name their own key (`hooks.on_success`, `health_checks.post[0].argv`).
+        let named = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
         raw.health_checks
             .validate()
-            .map_err(|e| invalid("health_checks", e.to_string()))?;
-        raw.hooks
-            .validate()
-            .map_err(|e| invalid("hooks", e.to_string()))?;
+            .map_err(|e| named(e.to_string()))?;
+        raw.hooks.validate().map_err(|e| named(e.to_string()))?;
 
         Ok(Settings {
             host,

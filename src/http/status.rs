@@ -31,7 +31,15 @@ pub fn snapshot(agent: &Agent) -> Value {
         resolve_link(&agent.settings.system.current_system).map(|p| p.display().to_string());
     let elapsed = (jiff::Timestamp::now().as_second() - since.as_second()).max(0);
     let job = |j: crate::model::Job| json!({ "build": j.target.build, "source": j.source, "path": j.target.path, "since": j.received_at });
+    let settings = &agent.settings;
     json!({
+        "agent": {
+            "host": settings.host,
+            "job": format!("{}:{}:{}", settings.hydra_project, settings.hydra_jobset, settings.hydra_job),
+            "hydra": settings.hydra_instance,
+            "version": env!("CARGO_PKG_VERSION"),
+            "dry_run": settings.dry_run,
+        },
         "phase": phase,
         "phase_since": since,
         "phase_elapsed_seconds": elapsed,
