@@ -51,7 +51,7 @@ pub fn init(format: LogFormat, default_level: &str, to_stderr: bool) {
 fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
     use tracing_subscriber::field::MakeExt;
     tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        let text = escape_controls(&format!("{value:?}"));
+        let text = escape_controls(&unquote(&format!("{value:?}")));
         if field.name() == "message" {
             write!(writer, "{text}")
         } else {
@@ -59,6 +59,15 @@ fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'st
         }
     })
     .delimited(" ")
+}
+
+/// A string field as `phase=activating` rather than `phase="activating"`; one with a space, a
+/// quote or an escape keeps its quotes, so `key=value` still splits.
+fn unquote(debug: &str) -> &str {
+    match debug.strip_prefix('"').and_then(|d| d.strip_suffix('"')) {
+        Some(inner) if !inner.is_empty() && !inner.contains([' ', '"', '\\', '=']) => inner,
+        _ => debug,
+    }
 }
 
 /// `text` with every control character (C0, DEL, C1) and every bidirectional override written
@@ -241,6 +250,15 @@ mod tests {
             escape_controls("a\u{1b}[2Jb\u{7}c\rd\ne\u{9b}f\u{202e}g é"),
             "a\\u{1b}[2Jb\\u{7}c\\rd\\ne\\u{9b}f\\u{202e}g é"
         );
+    }
+
+    #[test]
+    fn plain_words_lose_their_quotes() {
+        assert_eq!(unquote("\"activating\""), "activating");
+        assert_eq!(unquote("\"two words\""), "\"two words\"");
+        assert_eq!(unquote("\"a\\nb\""), "\"a\\nb\"");
+        assert_eq!(unquote("\"\""), "\"\"");
+        assert_eq!(unquote("4821"), "4821");
     }
 
     #[test]

@@ -107,6 +107,14 @@ fn config_errors_name_the_key_and_the_fix() {
     assert_eq!(code, 2, "{err}");
     golden("dates-never.txt", &err, &[("{DIR}", d)]);
 
+    // --skip-programs (a Nix build checks the config away from the host).
+    let file = config(
+        dir.path(),
+        "",
+        "[hooks]\non_failure = [\"/nonexistent/page-me\"]\n",
+    );
+    let (code, _, err) = run(&["check-config", "--skip-programs", "--config", &file]);
+    assert_eq!(code, 0, "{err}");
     // A warning alone leaves the config valid.
     let file = config(
         dir.path(),

@@ -65,11 +65,15 @@ pub enum Command {
         after_help = "Examples:\n  \
                       nixos-hydra-upgrade check-config\n  \
                       nixos-hydra-upgrade check-config --config ./agent.toml\n\n\
+                      nixos-hydra-upgrade check-config --skip-programs --config \"$out\"   # in a Nix build\n\n\
                       Exit status: 0 valid, 2 invalid (one line naming the file, key and fix)."
     )]
     CheckConfig {
         #[arg(long, value_name = "FILE", env = CONFIG_ENV, hide_env = true, help = CONFIG_HELP)]
         config: Option<PathBuf>,
+        /// Do not look for the programs: for a check away from the host, e.g. in a Nix build.
+        #[arg(long)]
+        skip_programs: bool,
     },
     /// Hydra side: deliver the RunCommand payload ($HYDRA_JSON), signed, to the agents.
     #[command(after_help = "Example (Hydra's RunCommand):\n  \

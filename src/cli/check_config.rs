@@ -86,8 +86,9 @@ enum Missing {
     NotOnPath,
 }
 
-/// What is wrong or doubtful in an otherwise valid config; `path_var` is the PATH to search.
-pub fn findings(settings: &Settings, path_var: Option<&std::ffi::OsStr>) -> Vec<Finding> {
+/// What is wrong or doubtful in an otherwise valid config. `programs` is the PATH to search for
+/// them (`Some(None)`: no PATH), or `None` to not look for programs at all.
+pub fn findings(settings: &Settings, programs: Option<Option<&std::ffi::OsStr>>) -> Vec<Finding> {
     let mut found = Vec::new();
     if !settings.dates.is_empty()
         && let Ok(event) = settings.dates.parse::<crate::calendar::CalendarEvent>()
@@ -104,7 +105,10 @@ pub fn findings(settings: &Settings, path_var: Option<&std::ffi::OsStr>) -> Vec<
             });
         }
     }
-    for (key, program) in programs(settings) {
+    let Some(path_var) = programs else {
+        return found;
+    };
+    for (key, program) in self::programs(settings) {
         let (error, why) = match locate(&program, path_var) {
             Ok(_) => continue,
             Err(Missing::NoSuchFile) => (true, "no such file".to_owned()),
@@ -160,7 +164,7 @@ mod tests {
             tool.display(),
             plain.display()
         ));
-        let found = findings(&s, Some(path_var));
+        let found = findings(&s, Some(Some(path_var)));
         let text: Vec<String> = found
             .iter()
             .map(|f| format!("{} {}", f.error, f.message))
@@ -180,7 +184,7 @@ mod tests {
                  agent runs in another directory); give an absolute path",
             ]
         );
-        let none = findings(&settings("dates = \"\""), Some(OsStr::new("")));
+        let none = findings(&settings("dates = \"\""), Some(Some(OsStr::new(""))));
         assert_eq!(
             none.len(),
             1,
@@ -195,16 +199,18 @@ mod tests {
         let path_var = dir.path().as_os_str();
         let found = findings(
             &settings("dates = \"2020-01-01\"\n[system]\nnixos_rebuild = \"/bin/sh\""),
-            Some(path_var),
+            Some(Some(path_var)),
         );
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].error && found[0].message.contains("never fires again"));
         assert!(
             findings(
                 &settings("dates = \"Sun 03:00\"\n[system]\nnixos_rebuild = \"/bin/sh\""),
-                Some(path_var)
+                Some(Some(path_var))
             )
             .is_empty()
         );
+        let missing = settings("dates = \"\"\n[hooks]\non_success = [\"/nonexistent\"]");
+        assert!(findings(&missing, None).is_empty(), "--skip-programs");
     }
 }

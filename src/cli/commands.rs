@@ -60,7 +60,10 @@ pub fn run(command: Command) -> u8 {
                 }
             }
         }
-        Command::CheckConfig { config } => check_config(config),
+        Command::CheckConfig {
+            config,
+            skip_programs,
+        } => check_config(config, !skip_programs),
         Command::Notify {
             urls,
             routes,
@@ -133,15 +136,16 @@ pub fn run(command: Command) -> u8 {
 }
 
 /// `check-config`: parse and validate, then look for the programs and a `dates` that fires.
-fn check_config(config: Option<PathBuf>) -> u8 {
+fn check_config(config: Option<PathBuf>, programs: bool) -> u8 {
     let given = config.is_some();
     let path = config_path(config);
     let settings = match Settings::from_file(&path) {
         Ok(settings) => settings,
         Err(e) => return usage(&with_config_hint(&e, given)),
     };
+    let path_var = std::env::var_os("PATH");
     let findings =
-        crate::cli::check_config::findings(&settings, std::env::var_os("PATH").as_deref());
+        crate::cli::check_config::findings(&settings, programs.then_some(path_var.as_deref()));
     for finding in &findings {
         let kind = if finding.error { "" } else { "warning: " };
         eprintln!(
