@@ -51,7 +51,7 @@ pub fn init(format: LogFormat, default_level: &str, to_stderr: bool) {
 fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
     use tracing_subscriber::field::MakeExt;
     tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-        let text = escape_controls(&unquote(&format!("{value:?}")));
+        let text = escape_controls(unquote(&format!("{value:?}")));
         if field.name() == "message" {
             write!(writer, "{text}")
         } else {
