@@ -95,3 +95,131 @@ fn from_hydra(e: HydraError) -> Intake {
         HydraError::Rejected(reason) => Intake::Rejected(reason),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::hydra::JobRef;
+    use crate::hydra::sim::{Fault, HydraSim};
+    use crate::model::{Attempt, Outcome, Reboot, StorePath};
+    use std::time::Duration;
+
+    struct Setup {
+        intake: RequestIntake,
+        ledger: Arc<Ledger>,
+        sim: HydraSim,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = HydraSim::start().await.unwrap();
+        let hydra = HydraClient::new(JobRef {
+            instance: sim.url(),
+            project: "p".into(),
+            jobset: "j".into(),
+            job: "web1".into(),
+            timeout: Duration::from_secs(2),
+            flake: false,
+        })
+        .unwrap();
+        let ledger = Arc::new(Ledger::open(dir.path()).unwrap().0);
+        let recovery = Recovery {
+            hydra: hydra.clone(),
+            ledger: ledger.clone(),
+            current_system: dir.path().join("current-system"),
+        };
+        let intake = RequestIntake {
+            hydra,
+            ledger: ledger.clone(),
+            progress: Arc::new(Progress::default()),
+            recovery,
+        };
+        Setup {
+            intake,
+            ledger,
+            sim,
+            _dir: dir,
+        }
+    }
+
+    fn request(build: Option<u64>, force: bool) -> UpgradeRequest {
+        UpgradeRequest {
+            build,
+            force,
+            source: Source::Manual,
+        }
+    }
+
+    async fn deploy(ledger: &Ledger, build: u64, path: &str) {
+        ledger
+            .finish(Attempt {
+                build,
+                path: Some(StorePath::parse(path).unwrap()),
+                source: Source::Hydra,
+                outcome: Outcome::Upgraded,
+                reboot: Reboot::None,
+                error: None,
+                started_at: now(),
+                finished_at: now(),
+                checks: vec![],
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn queues_what_hydra_vouches_for_and_nothing_twice() {
+        let s = setup().await;
+        let path = s.sim.succeed(7, "p", "j", "web1", 1);
+        match s.intake.intake(request(Some(7), false)).await {
+            Intake::Queued(target) => assert_eq!(target.path.as_str(), path),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.intake.intake(request(Some(7), false)).await,
+            Intake::Current { build: 7, .. }
+        ));
+        // The newest build, asked of Hydra's /latest.
+        s.sim.succeed(9, "p", "j", "web1", 2);
+        assert!(
+            matches!(s.intake.intake(request(None, false)).await, Intake::Queued(t) if t.build == 9)
+        );
+        assert_eq!(s.ledger.snapshot().pending.unwrap().target.build, 9);
+    }
+
+    #[tokio::test]
+    async fn refuses_going_back_and_asks_hydra_nothing_then() {
+        let s = setup().await;
+        let path = s.sim.succeed(10, "p", "j", "web1", 1);
+        s.sim.succeed(8, "p", "j", "web1", 1);
+        deploy(&s.ledger, 10, &path).await;
+        let asked = s.sim.requests().len();
+        assert!(matches!(
+            s.intake.intake(request(Some(8), false)).await,
+            Intake::Refused(reason) if reason.contains("older than deployed build 10")
+        ));
+        assert_eq!(s.sim.requests().len(), asked, "refused before asking Hydra");
+        assert!(matches!(
+            s.intake.intake(request(Some(8), true)).await,
+            Intake::Queued(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn hydra_says_no_or_cannot_answer() {
+        let s = setup().await;
+        s.sim.succeed(5, "p", "j", "db1", 1);
+        assert!(matches!(
+            s.intake.intake(request(Some(5), false)).await,
+            Intake::Rejected(reason) if reason.contains("not p:j:web1")
+        ));
+        s.sim.set_fault(Some(Fault::Status(502)));
+        assert!(matches!(
+            s.intake.intake(request(Some(6), false)).await,
+            Intake::Unavailable(_)
+        ));
+        assert!(s.ledger.snapshot().pending.is_none());
+    }
+}

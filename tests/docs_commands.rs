@@ -25,8 +25,7 @@ fn pending(args: &[String]) -> bool {
 
 /// Pages other branches add (the NixOS module and Hydra pages, the fleet page, the
 /// architecture page): a link to one of them is not a broken link while it is missing here.
-const PAGES_FROM_OTHER_BRANCHES: &[&str] =
-    &["docs/hydra.md", "docs/fleet.md", "docs/architecture.md"];
+const PAGES_FROM_OTHER_BRANCHES: &[&str] = &["docs/fleet.md"];
 
 /// Precedes a TOML block that must pass `check-config` exactly as written.
 const CHECK_CONFIG_MARKER: &str = "<!-- check-config -->";

@@ -461,6 +461,25 @@ fn refused_flags_match_in_module_docs_and_check_config() {
         "docs/nixos.md refused-flags table vs src/refused_flags.rs"
     );
     assert!(rust.len() >= 20, "{rust:?}");
+    // The README's quick start names every spelling, and no other flag, in its refused list.
+    let readme = read("README.md").expect("README.md");
+    let sentence = readme
+        .split("`flags` refuses")
+        .nth(1)
+        .and_then(|rest| rest.split("check-config").next())
+        .expect("README.md: the sentence starting \"`flags` refuses\"");
+    let named: std::collections::BTreeSet<String> = sentence
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| w.starts_with('-'))
+        .map(str::to_owned)
+        .collect();
+    let expected: std::collections::BTreeSet<String> = rust.keys().cloned().collect();
+    assert_eq!(
+        named, expected,
+        "README.md's refused flags vs src/refused_flags.rs"
+    );
 }
 
 #[test]

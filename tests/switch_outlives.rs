@@ -1,7 +1,7 @@
 //! A switch outlives the agent (switch-to-configuration runs in its own transient unit): the
 //! restarted agent settles the attempt only once the switch lock is free, then post-checks it,
-//! and never runs nixos-rebuild twice. The fake nixos-rebuild (tests/common) holds the lock the
-//! way the real switch does.
+//! and never runs nixos-rebuild twice. The fake switch (tests/common) holds the lock the way
+//! switch-to-configuration does, in a session of its own that a systemd-like kill spares.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -25,12 +25,6 @@ async fn rig_with_post_check() -> Rig {
     std::fs::write(rig.path("agent.toml"), text).unwrap();
     rig.spawn_with_written_config().await;
     rig
-}
-
-async fn kill_agent(rig: &mut Rig) {
-    let mut child = rig.agent.take().unwrap();
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
 }
 
 async fn wait_for_file(rig: &Rig, name: &str) {
@@ -58,7 +52,7 @@ async fn a_switch_that_outlives_the_agent_is_settled_upgraded_with_its_post_chec
     rig.build(7);
     assert_eq!(rig.post(r#"{"build": 7}"#).await.0, 202);
     wait_for_file(&rig, "switching").await;
-    kill_agent(&mut rig).await;
+    rig.kill_like_systemd().await;
     let restarted = Instant::now();
     rig.spawn_with_written_config().await;
     let status = rig.wait_for_outcome(7, "upgraded").await;
@@ -99,7 +93,7 @@ async fn an_activation_killed_before_its_switch_is_settled_interrupted() {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    kill_agent(&mut rig).await;
+    rig.kill_like_systemd().await;
     rig.spawn_with_written_config().await;
     let status = rig.wait_for_outcome(7, "interrupted").await;
     assert!(status["deployed"].is_null(), "{status}");
@@ -107,8 +101,7 @@ async fn an_activation_killed_before_its_switch_is_settled_interrupted() {
         !rig.path("post-check-ran").exists(),
         "no post-checks for an unchanged system"
     );
-    // The orphaned nixos-rebuild finds its agent gone and switches nothing (systemd would have
-    // killed it with the agent's cgroup).
+    // nixos-rebuild died with the agent's cgroup before its switch began: nothing switched.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         std::fs::read_link(rig.path("current-system"))

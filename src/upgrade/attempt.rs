@@ -360,3 +360,239 @@ impl<'a> Attempting<'a> {
         });
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Each step against a recording stand-in for nixos-rebuild (a script that writes its argv
+    //! and moves the fake `current-system` link, as a switch would) and a ledger in a temp dir.
+    use super::*;
+    use crate::config::Settings;
+    use crate::hooks::Hooks;
+    use crate::ledger::Ledger;
+    use crate::metrics::Metrics;
+    use crate::model::{Source, StorePath, Target, Verdict, WaitingFor};
+    use crate::progress::Progress;
+    use crate::upgrade::wait::Condition;
+    use futures_util::future::BoxFuture;
+    use jiff::Timestamp;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    const OLD: &str = "/nix/store/00000000000000000000000000000000-nixos-system-web1-old";
+    const REBUILD: &str = "#!/bin/sh\ndir=$(dirname \"$0\")\necho \"$*\" >> \"$dir/calls\"\n\
+        op=$1; shift\ncase \"$op\" in switch|test) ln -sfn \"$2\" \"$dir/current-system\" ;; esac\n";
+
+    fn path(build: u64) -> StorePath {
+        StorePath::parse(&format!("/nix/store/{build:0>32}-nixos-system-web1")).unwrap()
+    }
+
+    fn job(build: u64) -> Job {
+        Job {
+            target: Target {
+                build,
+                path: path(build),
+                flake: None,
+            },
+            source: Source::Hydra,
+            force: false,
+            received_at: now(),
+        }
+    }
+
+    struct Rig {
+        dir: tempfile::TempDir,
+        worker: Worker,
+    }
+
+    impl Rig {
+        fn calls(&self) -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("calls"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+
+        fn current(&self) -> PathBuf {
+            std::fs::read_link(self.dir.path().join("current-system")).unwrap()
+        }
+    }
+
+    fn rig(extra: &str, conditions: Vec<Box<dyn Condition>>) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let rebuild = root.join("nixos-rebuild");
+        std::fs::write(&rebuild, REBUILD).unwrap();
+        std::fs::set_permissions(
+            &rebuild,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(OLD, root.join("current-system")).unwrap();
+        let d = root.display();
+        let text = format!(
+            "host = \"web1\"\n{extra}\n[hydra]\ninstance = \"http://127.0.0.1:9\"\nproject = \"p\"\njobset = \"j\"\n\
+             [system]\nnixos_rebuild = \"{d}/nixos-rebuild\"\ncurrent_system = \"{d}/current-system\"\n\
+             booted_system = \"{d}/current-system\"\nsystem_profile = \"{d}/current-system\"\n\
+             nix = \"{d}/no-nix\"\nswitch_lock = \"{d}/switch.lock\"\n"
+        );
+        let settings =
+            Arc::new(Settings::from_toml(&text, std::path::Path::new("t.toml")).unwrap());
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let hooks = Hooks::start(
+            settings.hooks.clone(),
+            "web1".into(),
+            "http://127.0.0.1:9".into(),
+            metrics.hook_counter(),
+            &TaskTracker::new(),
+            shutdown.clone(),
+        );
+        let worker = Worker {
+            ledger: Arc::new(Ledger::open(&root.join("state")).unwrap().0),
+            progress: Arc::new(Progress::default()),
+            metrics,
+            hooks,
+            conditions,
+            shutdown,
+            settings,
+        };
+        Rig { dir, worker }
+    }
+
+    const POST_CHECK: &str = "[health_checks]\nsettle = \"0s\"\n[[health_checks.post]]\nkind = \"command\"\nname = \"app\"\nretries = 0\nargv = [\"CMD\"]\n";
+
+    #[tokio::test]
+    async fn a_failing_pre_check_runs_nothing() {
+        let rig = rig(
+            "[[health_checks.pre]]\nkind = \"command\"\nname = \"gate\"\nretries = 0\nargv = [\"false\"]\n",
+            vec![],
+        );
+        assert_eq!(run(&rig.worker, &job(7)).await, Ended::Next);
+        let state = rig.worker.ledger.snapshot();
+        let last = state.history.front().unwrap();
+        assert_eq!(last.outcome, Outcome::Unhealthy);
+        assert!(
+            last.error
+                .as_deref()
+                .unwrap()
+                .contains("pre-check gate (command) failed")
+        );
+        assert!(rig.calls().is_empty() && state.in_flight.is_none() && state.deployed.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_host_that_runs_the_target_is_current() {
+        let rig = rig("", vec![]);
+        std::fs::remove_file(rig.dir.path().join("current-system")).unwrap();
+        std::os::unix::fs::symlink(path(7).as_str(), rig.dir.path().join("current-system"))
+            .unwrap();
+        run(&rig.worker, &job(7)).await;
+        let state = rig.worker.ledger.snapshot();
+        assert_eq!(state.history.front().unwrap().outcome, Outcome::Current);
+        assert_eq!(state.deployed.unwrap().build, 7);
+        assert!(rig.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_switch_is_recorded_upgraded_and_the_marker_cleared() {
+        let rig = rig("", vec![]);
+        run(&rig.worker, &job(7)).await;
+        assert_eq!(
+            rig.calls(),
+            [format!("switch --store-path {} --no-reexec", path(7))]
+        );
+        let state = rig.worker.ledger.snapshot();
+        assert_eq!(state.history.front().unwrap().outcome, Outcome::Upgraded);
+        assert_eq!(state.deployed.unwrap().build, 7);
+        assert!(state.in_flight.is_none() && state.running.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failing_post_check_rolls_back_to_the_previous_system() {
+        let rig = rig(&POST_CHECK.replace("CMD", "false"), vec![]);
+        run(&rig.worker, &job(7)).await;
+        let state = rig.worker.ledger.snapshot();
+        let last = state.history.front().unwrap();
+        assert_eq!(last.outcome, Outcome::RolledBack, "{last:?}");
+        assert_eq!(state.rolled_back, [7]);
+        assert!(state.deployed.is_none());
+        assert_eq!(
+            rig.calls()[1],
+            format!("switch --store-path {OLD} --no-reexec")
+        );
+        assert_eq!(rig.current(), PathBuf::from(OLD));
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_runs_nothing_and_deploys_nothing() {
+        let rig = rig("dry_run = true", vec![]);
+        run(&rig.worker, &job(7)).await;
+        let state = rig.worker.ledger.snapshot();
+        assert_eq!(state.history.front().unwrap().outcome, Outcome::DryRun);
+        assert!(state.deployed.is_none() && rig.calls().is_empty());
+    }
+
+    /// A condition that is always closed.
+    struct Closed(Option<Duration>);
+
+    impl Condition for Closed {
+        fn check<'a>(&'a self, _: &'a Job, _: Timestamp) -> BoxFuture<'a, Verdict> {
+            Box::pin(async {
+                Verdict::Closed {
+                    what: WaitingFor::Window,
+                    detail: "outside 02:00-04:00".into(),
+                    recheck: Duration::from_secs(3600),
+                }
+            })
+        }
+
+        fn timeout(&self) -> Option<Duration> {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_gives_way_to_a_newer_job() {
+        let rig = rig("", vec![Box::new(Closed(None))]);
+        let ledger = rig.worker.ledger.clone();
+        ledger.offer(job(7)).await;
+        let taken = ledger.next().await;
+        let attempt = run(&rig.worker, &taken);
+        let newer = async {
+            while rig.worker.progress.live().waiting.is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ledger.offer(job(8)).await
+        };
+        let (ended, _) = tokio::join!(attempt, newer);
+        assert_eq!(ended, Ended::Next);
+        let state = ledger.snapshot();
+        assert!(
+            state.history.is_empty() && state.running.is_none(),
+            "{state:?}"
+        );
+        assert_eq!(state.pending.unwrap().target.build, 8);
+        assert!(rig.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wave_that_never_opens_ends_deferred_timeout() {
+        let rig = rig("", vec![Box::new(Closed(Some(Duration::ZERO)))]);
+        run(&rig.worker, &job(7)).await;
+        let last = rig
+            .worker
+            .ledger
+            .snapshot()
+            .history
+            .front()
+            .cloned()
+            .unwrap();
+        assert_eq!(last.outcome, Outcome::DeferredTimeout);
+        assert!(rig.calls().is_empty());
+    }
+}

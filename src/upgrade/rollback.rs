@@ -59,15 +59,23 @@ pub async fn roll_back(
     settings: &Settings,
     runner: &CommandRunner,
     previous: Option<&str>,
-) -> Result<Vec<CheckResult>, String> {
-    let previous =
-        previous.ok_or("the previous system is unknown (current_system was unreadable)")?;
+) -> Result<Vec<CheckResult>, RollbackError> {
+    let previous = previous.ok_or(RollbackError::PreviousUnknown)?;
     tracing::warn!(previous, "rolling back to the previous system");
     runner
         .run(&rollback_argv(settings, previous))
         .await
-        .map_err(|e: RunError| format!("rollback failed: {e}"))?;
+        .map_err(RollbackError::Command)?;
     Ok(post_checks(settings).await)
+}
+
+/// Why the way back could not be taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RollbackError {
+    #[error("the previous system is unknown (current_system was unreadable)")]
+    PreviousUnknown,
+    #[error("rollback failed: {0}")]
+    Command(RunError),
 }
 
 #[cfg(test)]
