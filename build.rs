@@ -20,6 +20,10 @@ fn main() -> std::io::Result<()> {
     let assets = Path::new(&out).join("assets");
     let completions = assets.join("completions");
     let man = assets.join("man");
+    // Fresh each time: a subcommand renamed or removed leaves no stale page behind.
+    if assets.exists() {
+        std::fs::remove_dir_all(&assets)?;
+    }
     std::fs::create_dir_all(&completions)?;
     std::fs::create_dir_all(&man)?;
 
@@ -27,7 +31,8 @@ fn main() -> std::io::Result<()> {
     for shell in [Shell::Bash, Shell::Fish, Shell::Zsh] {
         clap_complete::generate_to(shell, &mut command, "nixos-hydra-upgrade", &completions)?;
     }
-    // One page for the command and one per subcommand (nixos-hydra-upgrade-status.1, …).
-    clap_mangen::generate_to(command, &man)?;
+    // One page for the command and one per subcommand (nixos-hydra-upgrade-status.1, …), from a
+    // command not yet built: clap_mangen leaves out the `help` subcommand only then.
+    clap_mangen::generate_to(args::Cli::command(), &man)?;
     Ok(())
 }

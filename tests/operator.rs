@@ -399,6 +399,19 @@ fn completions_and_man_pages_are_generated() {
             std::fs::read_to_string(assets.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(text.contains(needle), "{file} lacks {needle:?}");
     }
+    let mut pages: Vec<String> = std::fs::read_dir(assets.join("man"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    use clap::CommandFactory;
+    let mut expected: Vec<String> = nixos_hydra_upgrade::cli::Cli::command()
+        .get_subcommands()
+        .map(|s| format!("nixos-hydra-upgrade-{}.1", s.get_name()))
+        .chain(["nixos-hydra-upgrade.1".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(pages, expected, "one page per subcommand, none for `help`");
 }
 
 /// Runs `args` under a pseudo-terminal (util-linux `script`), where colour is on unless
