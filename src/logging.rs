@@ -29,19 +29,75 @@ pub fn init(format: LogFormat, default_level: &str, to_stderr: bool) {
         (LogFormat::Text, false) => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .fmt_fields(text_fields())
                     .with_writer(std::io::stdout)
-                    .with_ansi(std::io::stdout().is_terminal()),
+                    .with_ansi(color(std::io::stdout().is_terminal())),
             )
             .try_init(),
         (_, true) => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .fmt_fields(text_fields())
                     .with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_ansi(color(std::io::stderr().is_terminal()))
                     .without_time(),
             )
             .try_init(),
     };
+}
+
+/// `message key=value …`, each value with its control characters escaped: a command's output
+/// or a Hydra answer must not move the cursor, ring the bell, or forge a log line with CR/LF.
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = escape_controls(unquote(&format!("{value:?}")));
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
+/// A string field as `phase=activating` rather than `phase="activating"`; one with a space, a
+/// quote or an escape keeps its quotes, so `key=value` still splits.
+fn unquote(debug: &str) -> &str {
+    match debug.strip_prefix('"').and_then(|d| d.strip_suffix('"')) {
+        Some(inner) if !inner.is_empty() && !inner.contains([' ', '"', '\\', '=']) => inner,
+        _ => debug,
+    }
+}
+
+/// `text` with every control character (C0, DEL, C1) and every bidirectional override written
+/// as an escape (`\n`, `\u{1b}`), for anything printed to a terminal that came from outside.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.extend(c.escape_unicode());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to anything non-empty
+/// (<https://no-color.org>).
+pub fn color(is_terminal: bool) -> bool {
+    color_with(is_terminal, std::env::var_os("NO_COLOR").as_deref())
+}
+
+fn color_with(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Writes each event as a flat JSON object.
@@ -54,6 +110,10 @@ impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.0
             .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), Value::String(error_chain(value)));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0
@@ -91,31 +151,125 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JsonLines {
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            jiff::Timestamp::now().to_string().into(),
-        );
-        line.insert(
-            "level".into(),
-            event.metadata().level().as_str().to_lowercase().into(),
-        );
+        let mut fields = Map::new();
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
-                if let Some(fields) = span.extensions().get::<Fields>() {
-                    line.extend(fields.0.clone());
+                if let Some(span_fields) = span.extensions().get::<Fields>() {
+                    fields.extend(span_fields.0.clone());
                 }
             }
         }
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        line.extend(fields.0);
-        line.entry("message")
-            .or_insert_with(|| Value::String(String::new()));
-        line.insert("target".into(), event.metadata().target().into());
-        if let Ok(mut text) = serde_json::to_vec(&Value::Object(line)) {
-            text.push(b'\n');
-            let _ = std::io::stdout().lock().write_all(&text);
+        let mut own = Fields::default();
+        event.record(&mut own);
+        fields.extend(own.0);
+        let message = fields
+            .remove("message")
+            .unwrap_or_else(|| Value::String(String::new()));
+        fields.insert("target".into(), event.metadata().target().into());
+        let level = event.metadata().level().as_str().to_lowercase();
+        let line = json_line(
+            &message,
+            &jiff::Timestamp::now().to_string(),
+            &level,
+            &fields,
+        );
+        let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    }
+}
+
+/// An error as `what: cause: cause`, not its Debug form.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// `{"message": …, "timestamp": …, "level": …, <fields sorted by name>}` and a newline: the
+/// message first, where a reader's eye (and `less`) starts.
+fn json_line(message: &Value, timestamp: &str, level: &str, fields: &Map<String, Value>) -> String {
+    let mut line = String::with_capacity(256);
+    line.push_str("{\"message\":");
+    line.push_str(&message.to_string());
+    line.push_str(",\"timestamp\":");
+    line.push_str(&Value::from(timestamp).to_string());
+    line.push_str(",\"level\":");
+    line.push_str(&Value::from(level).to_string());
+    for (key, value) in fields {
+        if matches!(key.as_str(), "timestamp" | "level") {
+            continue;
         }
+        line.push(',');
+        line.push_str(&Value::from(key.as_str()).to_string());
+        line.push(':');
+        line.push_str(&value.to_string());
+    }
+    line.push_str("}\n");
+    line
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_comes_first_and_the_line_is_json() {
+        let mut fields = Map::new();
+        fields.insert("build".into(), 4821.into());
+        fields.insert("answer".into(), "queued build 4821 \u{1b}[31m".into());
+        fields.insert("level".into(), "spoofed".into());
+        let line = json_line(&"queued".into(), "2026-01-01T00:00:00Z", "info", &fields);
+        assert!(
+            line.starts_with(
+                r#"{"message":"queued","timestamp":"2026-01-01T00:00:00Z","level":"info","#
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with("}\n") && !line.contains('\u{1b}'), "{line}");
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["build"], 4821);
+        assert_eq!(value["level"], "info");
+    }
+
+    #[test]
+    fn errors_are_displayed_with_their_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot write state.json")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("disk full"));
+        assert_eq!(error_chain(&e), "cannot write state.json: disk full");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            escape_controls("a\u{1b}[2Jb\u{7}c\rd\ne\u{9b}f\u{202e}g é"),
+            "a\\u{1b}[2Jb\\u{7}c\\rd\\ne\\u{9b}f\\u{202e}g é"
+        );
+    }
+
+    #[test]
+    fn plain_words_lose_their_quotes() {
+        assert_eq!(unquote("\"activating\""), "activating");
+        assert_eq!(unquote("\"two words\""), "\"two words\"");
+        assert_eq!(unquote("\"a\\nb\""), "\"a\\nb\"");
+        assert_eq!(unquote("\"\""), "\"\"");
+        assert_eq!(unquote("4821"), "4821");
+    }
+
+    #[test]
+    fn no_color_wins_over_a_terminal() {
+        use std::ffi::OsStr;
+        assert!(color_with(true, None));
+        assert!(
+            color_with(true, Some(OsStr::new(""))),
+            "empty NO_COLOR is unset"
+        );
+        assert!(!color_with(true, Some(OsStr::new("1"))));
+        assert!(!color_with(false, None));
     }
 }

@@ -21,6 +21,12 @@ pub enum KeyError {
     Malformed { line: usize },
     #[error("secret file holds no key")]
     Empty,
+    /// `Malformed` or `Empty` in a file: the file is named, with how to make a key.
+    #[error(
+        "secret file {path}: {problem}; one key per line, made with: \
+         printf 'whsec_%s\\n' \"$(head -c 32 /dev/urandom | base64)\""
+    )]
+    InFile { path: String, problem: String },
 }
 
 /// Why a request's signature was not accepted; every variant answers 401.
@@ -84,7 +90,13 @@ impl Keys {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Keys::parse(&text)
+        Keys::parse(&text).map_err(|e| KeyError::InFile {
+            path: path.display().to_string(),
+            problem: match e {
+                KeyError::Malformed { line } => format!("line {line} is not whsec_<base64 key>"),
+                other => other.to_string().replace("secret file ", ""),
+            },
+        })
     }
 
     /// The `webhook-signature` header value for a message, made with the first key.
@@ -352,6 +364,23 @@ mod tests {
     #[test]
     fn key_file_errors() {
         assert_eq!(Keys::parse("").unwrap_err(), KeyError::Empty);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "whsec_\nnot a key\n").unwrap();
+        let err = Keys::load(&file).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "secret file {}: line 1 is not whsec_<base64 key>; one key per line",
+                file.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&file, "# rotated out\n").unwrap();
+        let err = Keys::load(&file).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{}: holds no key", file.display())),
+            "{err}"
+        );
         assert_eq!(Keys::parse("# none\n").unwrap_err(), KeyError::Empty);
         assert_eq!(
             Keys::parse("secret\n").unwrap_err(),

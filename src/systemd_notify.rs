@@ -75,7 +75,7 @@ impl Notifier {
 pub fn init() {
     let notifier = NOTIFIER.get_or_init(Notifier::from_env);
     if let Some(n) = notifier {
-        tracing::debug!(socket = %n.socket, watchdog = ?n.watchdog, "systemd notify enabled");
+        tracing::debug!(socket = %n.socket, watchdog = %n.watchdog.map_or("off".into(), |d| humantime::format_duration(d).to_string()), "systemd notify enabled");
     }
 }
 
@@ -150,7 +150,7 @@ pub async fn keep_alive<F: Future>(budget: Duration, work: F) -> F::Output {
                     ping();
                 } else if !warned {
                     warned = true;
-                    tracing::error!(budget = ?budget, "attempt outlived every timeout it has; no longer feeding the watchdog");
+                    tracing::error!(budget = %humantime::format_duration(budget), "attempt outlived every timeout it has; no longer feeding the watchdog");
                 }
             }
         }

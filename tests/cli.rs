@@ -56,8 +56,9 @@ async fn check_config_names_the_bad_key_and_exits_2() {
         std::fs::write(&file, example.replace(from, to)).unwrap();
         let (code, _, err) = run(&["check-config", "--config", file.to_str().unwrap()]).await;
         assert_eq!(code, 2, "{to}: {err}");
-        assert!(err.contains(key), "{to}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        // One line naming the key (TOML errors add the line with a caret under it).
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.contains(key), "{to}: {err}");
     }
     let (code, _, err) = run(&["check-config", "--config", "/nonexistent.toml"]).await;
     assert_eq!(code, 2, "{err}");
@@ -72,10 +73,7 @@ async fn trigger_and_status() {
     let key = key.to_str().unwrap();
     let (code, out, err) = run(&["trigger", "--url", &rig.url, "--secret-file", key]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.starts_with("202 ") && out.contains("\"build\":61"),
-        "{out}"
-    );
+    assert!(out.contains(": 202 queued build 61"), "{out}");
     rig.wait_for_attempt(61).await;
 
     let (code, out, _) = run(&[
@@ -89,7 +87,7 @@ async fn trigger_and_status() {
     ])
     .await;
     assert_eq!(code, 1, "older without force: {out}");
-    assert!(out.starts_with("409 "), "{out}");
+    assert!(out.contains(": 409 refused"), "{out}");
     let (code, out, _) = run(&[
         "trigger",
         "--url",
@@ -126,7 +124,7 @@ async fn trigger_and_status() {
     ])
     .await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.starts_with("401 "), "{out}");
+    assert!(out.contains(": 401 unauthorized"), "{out}");
 }
 
 #[tokio::test]
@@ -192,7 +190,7 @@ async fn unix_socket_listener_with_trigger_and_status() {
     ])
     .await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with("202 "), "{out}");
+    assert!(out.contains(": 202 queued"), "{out}");
     let mut deployed = false;
     while !deployed && started.elapsed().as_secs() < 20 {
         let (code, out, _) = run(&["status", "--url", &url, "--json"]).await;

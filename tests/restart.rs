@@ -47,11 +47,17 @@ async fn second_agent_on_the_same_state_dir_refuses_to_start() {
         .await
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
+    // Said once, in the agent's log (stdout, JSON), not again on stderr.
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("another nixos-hydra-upgrade agent holds"),
-        "{stderr}"
-    );
+    let said: Vec<&str> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| l.contains("another nixos-hydra-upgrade agent holds"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stdout}{stderr}");
+    let line: serde_json::Value = serde_json::from_str(said[0]).unwrap();
+    assert_eq!(line["level"], "error", "{line}");
 }
 
 #[tokio::test]

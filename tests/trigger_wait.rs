@@ -29,7 +29,10 @@ async fn wait_prints_phases_and_exits_by_outcome() {
     rig.set("delay", "1.5");
     let (code, out) = trigger(&rig, &["--build", "70"]).await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.starts_with("202 "), "{out}");
+    assert!(
+        out.starts_with(&format!("{}/v1/upgrade: 202 queued build 70\n", rig.url)),
+        "{out}"
+    );
     assert!(out.contains("build 70: activating\n"), "{out}");
     assert!(out.contains("build 70: upgraded (followed for"), "{out}");
 

@@ -146,6 +146,12 @@ pub enum Problem {
     /// `@…` that is not a number, or out of range.
     #[error("bad timestamp {0:?}")]
     BadTimestamp(String),
+    /// The last word is not UTC, a local zone abbreviation, nor a zone file, and without it the
+    /// expression is valid.
+    #[error(
+        "unknown time zone {0:?}: not UTC, nor a zone under /usr/share/zoneinfo (e.g. Europe/Berlin)"
+    )]
+    UnknownZone(String),
     /// Text where a separator or the end was expected.
     #[error("unexpected {0:?}")]
     Unexpected(String),

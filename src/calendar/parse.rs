@@ -4,8 +4,27 @@ use super::field::{at, chain, digits, skip_spaces, token};
 use super::{CalendarEvent, Chain, Component, Problem, USEC_PER_SEC, normalize, zone};
 use jiff::tz::TimeZone;
 
-/// Parses, normalizes and validates `expr`.
+/// Parses, normalizes and validates `expr`. When it fails but all of it except the last word
+/// parses, that word was meant as a time zone and is named as the problem (systemd takes a last
+/// word it cannot load as a zone for part of the date, and reports a confusing other part).
 pub(super) fn parse_event(expr: &str, local: &TimeZone) -> Result<CalendarEvent, Problem> {
+    let problem = match parse_whole(expr, local) {
+        Ok(event) => return Ok(event),
+        Err(problem) => problem,
+    };
+    match expr.trim_end().rsplit_once(' ') {
+        Some((head, zone))
+            if !matches!(problem, Problem::Nul | Problem::Empty)
+                && !head.trim().is_empty()
+                && parse_whole(head, local).is_ok() =>
+        {
+            Err(Problem::UnknownZone(zone.to_owned()))
+        }
+        _ => Err(problem),
+    }
+}
+
+fn parse_whole(expr: &str, local: &TimeZone) -> Result<CalendarEvent, Problem> {
     if expr.contains('\0') {
         return Err(Problem::Nul);
     }
@@ -335,6 +354,27 @@ mod tests {
         for (expr, ok) in cases {
             assert_eq!(parse_event(expr, &utc).is_ok(), ok, "{expr}");
         }
+    }
+
+    #[test]
+    fn an_unknown_zone_is_named() {
+        let utc = TimeZone::UTC;
+        for (expr, zone) in [
+            ("weekly Mars/Olympus", "Mars/Olympus"),
+            ("Mon..Fri 04:40 Europe/Berln", "Europe/Berln"),
+            ("04:40 Nowhere", "Nowhere"),
+        ] {
+            assert_eq!(
+                parse_event(expr, &utc).err(),
+                Some(Problem::UnknownZone(zone.into())),
+                "{expr}"
+            );
+        }
+        // Not a zone problem: the part before the last word is bad too.
+        assert!(matches!(
+            parse_event("weakly Mars/Olympus", &utc),
+            Err(Problem::BadNumber(_) | Problem::Unexpected(_) | Problem::BadWeekday(_))
+        ));
     }
 
     #[test]

@@ -71,12 +71,65 @@ pub async fn request(
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
-        Ok(result) => result.map_err(|e| format!("{target}: {e}")),
+        Ok(Ok(exchange)) => Ok(exchange),
+        Ok(Err(Failure::Unreachable(why))) => Err(format!(
+            "cannot reach the agent at {target}: {why}; is it running? \
+             (on its host: systemctl status nixos-hydra-upgrade)"
+        )),
+        Ok(Err(Failure::Other(e))) => Err(format!("{target}: {e}")),
         Err(_) => Err(format!(
             "{target}: no answer within {}",
             humantime::format_duration(timeout)
         )),
     }
+}
+
+/// Why an exchange failed: nobody there (the usual case, said plainly), or something else.
+enum Failure {
+    Unreachable(String),
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::Other(e)
+    }
+}
+
+/// "connection refused", "no such socket", … for an error connecting, from its io cause.
+fn connect_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::NotFound => "no such socket".into(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+                std::io::ErrorKind::TimedOut => "connection timed out".into(),
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                    "host unreachable".into()
+                }
+                _ => io.to_string(),
+            });
+        }
+        if c.to_string().starts_with("dns error") {
+            return Some(format!(
+                "cannot resolve the host name ({})",
+                c.source().map_or_else(|| c.to_string(), |s| s.to_string())
+            ));
+        }
+        cause = c.source();
+    }
+    None
+}
+
+fn reqwest_failure(e: &reqwest::Error) -> Failure {
+    if e.is_connect()
+        && let Some(why) = connect_failure(e)
+    {
+        return Failure::Unreachable(why);
+    }
+    Failure::Other(describe(e))
 }
 
 async fn http_request(
@@ -86,7 +139,7 @@ async fn http_request(
     headers: &[(&str, String)],
     body: Option<Vec<u8>>,
     timeout: Duration,
-) -> Result<Exchange, String> {
+) -> Result<Exchange, Failure> {
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -101,12 +154,12 @@ async fn http_request(
             .header("content-type", "application/json")
             .body(body);
     }
-    let mut response = request.send().await.map_err(|e| describe(&e))?;
+    let mut response = request.send().await.map_err(|e| reqwest_failure(&e))?;
     let status = response.status().as_u16();
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
         if bytes.len() + chunk.len() > MAX_ANSWER {
-            return Err("answer too large".into());
+            return Err(Failure::Other("answer too large".into()));
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -122,10 +175,10 @@ async fn unix_request(
     path: &str,
     headers: &[(&str, String)],
     body: Option<Vec<u8>>,
-) -> Result<Exchange, String> {
+) -> Result<Exchange, Failure> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Unreachable(connect_failure(&e).unwrap_or_else(|| e.to_string())))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;

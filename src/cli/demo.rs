@@ -29,7 +29,8 @@ echo "stand-in nixos-rebuild $op: $dir/current-system -> $path"
 ln -sfn "$path" "$dir/current-system"
 "#;
 
-pub async fn run() -> Result<(), String> {
+/// The tour; with `keep`, the simulator and the agent stay up for the operator until Ctrl-C.
+pub async fn run(keep: bool) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
     let io = |e: std::io::Error| e.to_string();
 
@@ -143,18 +144,47 @@ pub async fn run() -> Result<(), String> {
     );
 
     stage(7, "the agent's status");
-    print!("{}", crate::cli::status_view::describe(&status));
+    print!(
+        "{}",
+        crate::cli::status_view::describe(&status, jiff::Timestamp::now())
+    );
     println!(
         "   deployed path matches Hydra's out path: {}",
         status["deployed"]["path"] == json!(newest)
     );
 
+    if keep {
+        try_it(&agent_url, &secret, &hydra.url());
+        // Until Ctrl-C; a failure to listen for it ends the demo as if it came.
+        let _ = tokio::signal::ctrl_c().await;
+        println!("\nstopping the agent and the simulated Hydra");
+    }
     shutdown.cancel();
     running.wait(shutdown).await.map_err(|e| e.to_string())?;
     println!(
         "\ndemo finished: the agent upgraded to build 4830 (through the stand-in) and refused everything else."
     );
     Ok(())
+}
+
+/// What to try against the demo while it stays up.
+fn try_it(agent: &str, secret: &Path, hydra: &str) {
+    let me = std::env::current_exe()
+        .ok()
+        .filter(|p| p.is_absolute())
+        .map_or("nixos-hydra-upgrade".into(), |p| p.display().to_string());
+    let key = secret.display();
+    println!(
+        "\n== the agent ({agent}) and the simulated Hydra ({hydra}) keep running; try, in \
+         another terminal:\n\
+         \n  {me} status --url {agent}\
+         \n  {me} status --url {agent} --follow\
+         \n  {me} trigger --url {agent} --secret-file {key} --build 4821 --force --wait\
+         \n  {me} trigger --url {agent} --secret-file {key} --build 4822\
+         \n  curl -s {agent}/v1/status\
+         \n  curl -s {agent}/metrics\
+         \n\nCtrl-C stops both."
+    );
 }
 
 fn stage(n: u32, text: &str) {

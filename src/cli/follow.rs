@@ -1,5 +1,6 @@
 //! `trigger --wait`: follows the attempt for the triggered build through `/v1/status`, printing
-//! each phase, until it ends (exit 0 on `upgraded`/`current`, 1 otherwise) or the timeout.
+//! each phase, until it ends (exit 0 on `upgraded`/`current`/`dry-run`, 1 otherwise) or the
+//! timeout.
 
 use std::time::{Duration, Instant};
 
@@ -124,7 +125,8 @@ pub async fn follow(
                 if let Some(error) = error {
                     println!("build {build}: error: {error}");
                 }
-                return if matches!(outcome.as_str(), "upgraded" | "current") {
+                // A dry-run agent's success is a dry run.
+                return if matches!(outcome.as_str(), "upgraded" | "current" | "dry-run") {
                     0
                 } else {
                     1

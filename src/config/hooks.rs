@@ -32,7 +32,10 @@ impl Default for HooksConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HookError {
-    #[error("hooks.{0}: the first element must be a program")]
+    #[error(
+        "hooks.{0}: the first element must be a program, e.g. [\"/path/to/notify\", \"arg\"] \
+         (or [] for no hook)"
+    )]
     NoProgram(&'static str),
     #[error("hooks.timeout: must be more than 0s")]
     ZeroTimeout,
@@ -76,7 +79,7 @@ impl HooksConfig {
             Hook::RebootNeeded,
         ] {
             let argv = self.argv(hook);
-            if argv.first().is_some_and(String::is_empty) {
+            if argv.first().is_some_and(|p| p.trim().is_empty()) {
                 return Err(HookError::NoProgram(hook.key()));
             }
         }

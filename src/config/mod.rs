@@ -206,7 +206,7 @@ impl Settings {
     pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: one_line(&e.to_string()),
+            message: toml_message(&e, text),
         })?;
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -285,12 +285,15 @@ impl Settings {
             ));
         }
         validate_dates(&raw.dates).map_err(|m| invalid("dates", m))?;
+        // These errors name their own key (`hooks.on_success`, `health_checks.post[0].argv`).
+        let named = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
         raw.health_checks
             .validate()
-            .map_err(|e| invalid("health_checks", e.to_string()))?;
-        raw.hooks
-            .validate()
-            .map_err(|e| invalid("hooks", e.to_string()))?;
+            .map_err(|e| named(e.to_string()))?;
+        raw.hooks.validate().map_err(|e| named(e.to_string()))?;
 
         Ok(Settings {
             host,
@@ -354,14 +357,90 @@ fn validate_dates(dates: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// toml's messages span several lines with a source excerpt; keep the errors to one line.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// `line 3, column 1: unknown key `dry_rn`; did you mean `dry_run`?` and the line with a caret
+/// under the bad part (the same excerpt toml prints, but with the suggestion instead of the
+/// list of every key).
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let message = suggest(e.message().trim());
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line_no = text[..start].matches('\n').count() + 1;
+    let source = &text[line_start..line_end];
+    let column = text[line_start..start].chars().count() + 1;
+    let width = text[start..span.end.clamp(start, line_end)]
+        .chars()
+        .count()
+        .max(1);
+    let gutter = " ".repeat(line_no.to_string().len());
+    let message = match key_at(text, line_start, source) {
+        Some(key) if !message.starts_with("unknown key") => format!("{key}: {message}"),
+        _ => message,
+    };
+    let message = if message.ends_with("expected a duration") {
+        format!("{message} (e.g. 30s, 10min, 1h 30min)")
+    } else {
+        message
+    };
+    format!(
+        "line {line_no}, column {column}: {message}\n{gutter} |\n{line_no} | {}\n{gutter} | {}{}",
+        crate::logging::escape_controls(source),
+        " ".repeat(column - 1),
+        "^".repeat(width)
+    )
+}
+
+/// The dotted key assigned on `line` (`hydra.timeout`), from the `[section]` above it.
+fn key_at(text: &str, line_start: usize, line: &str) -> Option<String> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.contains(['[', '{', ',']) {
+        return None;
+    }
+    let section = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(['[', ']']).trim().to_owned())
+    });
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// serde's "unknown field `dry_rn`, expected one of `a`, `b`, …" (or variant) becomes
+/// "unknown key `dry_rn`; did you mean `dry_run`?"; the list stays only when nothing is close.
+fn suggest(message: &str) -> String {
+    let (what, rest) = if let Some(rest) = message.strip_prefix("unknown field `") {
+        ("key", rest)
+    } else if let Some(rest) = message.strip_prefix("unknown variant `") {
+        ("value", rest)
+    } else {
+        return message.to_owned();
+    };
+    let Some((given, expected)) = rest.split_once("`, expected ") else {
+        return message.to_owned();
+    };
+    let candidates: Vec<&str> = expected
+        .trim_start_matches("one of ")
+        .split(", ")
+        .filter_map(|c| c.strip_prefix('`')?.strip_suffix('`'))
+        .collect();
+    let closest = candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(given, c), *c))
+        .filter(|(distance, c)| *distance <= (c.len() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance);
+    match closest {
+        Some((_, c)) => format!("unknown {what} `{given}`; did you mean `{c}`?"),
+        None => format!(
+            "unknown {what} `{given}`; expected one of {}",
+            expected.trim_start_matches("one of ")
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -417,8 +496,8 @@ mod tests {
         ];
         for (extra, needle) in cases {
             let err = parse(&format!("{extra}{MINIMAL}")).unwrap_err().to_string();
-            assert!(err.contains(needle), "{extra:?}: {err}");
-            assert!(!err.contains('\n'), "one line: {err}");
+            let first = err.lines().next().unwrap_or_default();
+            assert!(first.contains(needle), "{extra:?}: {err}");
         }
         let err = parse(
             "host = \"x\"\n[hydra]\ninstance = \"ftp://x\"\nproject = \"p\"\njobset = \"j\"\n",
@@ -428,5 +507,47 @@ mod tests {
         assert!(err.contains("hydra.instance"), "{err}");
         let err = parse("[hydra]\ninstance = \"https://x\"\nproject = \"p\"\n").unwrap_err();
         assert!(err.to_string().contains("jobset"), "{err}");
+    }
+
+    #[test]
+    fn toml_errors_keep_the_line_and_caret_and_suggest_the_key() {
+        let err = parse(&format!("host = \"web1\"\ndry_rn = true\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config test.toml: line 2, column 1: unknown key `dry_rn`; did you mean `dry_run`?\n  \
+             |\n2 | dry_rn = true\n  | ^^^^^^"
+        );
+        let err = parse(&format!("operation = \"swich\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown value `swich`; did you mean `switch`?"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}jbo = \"web1\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `job`?"), "{err}");
+        let err = parse(&format!("{MINIMAL}timeout = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config test.toml: line 5, column 11: hydra.timeout: invalid value")
+                && err.contains("(e.g. 30s, 10min, 1h 30min)"),
+            "{err}"
+        );
+        // Nothing close: the known keys are listed.
+        let err = parse(&format!("colour = true\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown key `colour`; expected one of `host`"),
+            "{err}"
+        );
+        // A syntax error has its line too.
+        let err = parse("host = \"web1\n").unwrap_err().to_string();
+        assert!(err.contains("line 1, column"), "{err}");
     }
 }

@@ -128,7 +128,12 @@ pub async fn run_phase(checks: &[Check], deadline: Duration) -> Vec<CheckResult>
     let mut index_of = HashMap::new();
     for (i, check) in checks.iter().enumerate() {
         let (check, prober, progress) = (check.clone(), prober.clone(), progress[i].clone());
-        let handle = tasks.spawn(async move { run_check(&check, &prober, &progress).await });
+        // In the caller's span, so each check's log lines carry the attempt's `build`.
+        let run = async move { run_check(&check, &prober, &progress).await };
+        let handle = tasks.spawn(tracing::Instrument::instrument(
+            run,
+            tracing::Span::current(),
+        ));
         index_of.insert(handle.id(), i);
     }
 

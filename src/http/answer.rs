@@ -105,6 +105,29 @@ impl Answer {
     }
 }
 
+/// For logs: `queued build 4821 /nix/store/…`, `refused: <reason>`, as the answer says it.
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.label();
+        match self {
+            Answer::Queued(t) => write!(f, "{status} build {} {}", t.build, t.path),
+            Answer::Current { build, reason } => write!(f, "{status} build {build}: {reason}"),
+            Answer::Duplicate => f.write_str(status),
+            Answer::TooLarge => write!(
+                f,
+                "{status}: body over {} bytes",
+                crate::config::MAX_BODY_BYTES
+            ),
+            Answer::Ignored(reason)
+            | Answer::Invalid(reason)
+            | Answer::Unauthorized(reason)
+            | Answer::Refused(reason)
+            | Answer::Rejected(reason)
+            | Answer::Unavailable(reason) => write!(f, "{status}: {reason}"),
+        }
+    }
+}
+
 impl From<Intake> for Answer {
     fn from(intake: Intake) -> Answer {
         match intake {

@@ -28,12 +28,12 @@ pub async fn upgrade(State(agent): State<Arc<Api>>, headers: HeaderMap, body: Bo
     agent.metrics.notification(answer.label(), answer.cause());
     match &answer {
         Answer::Queued(_) | Answer::Current { .. } | Answer::Duplicate | Answer::Ignored(_) => {
-            tracing::info!(status = answer.label(), answer = ?answer, "upgrade request answered")
+            tracing::info!(status = answer.label(), answer = %answer, "upgrade request answered")
         }
         Answer::Unauthorized { .. } | Answer::Invalid(_) | Answer::TooLarge => {
             log_unauthenticated(&answer)
         }
-        _ => tracing::warn!(status = answer.label(), answer = ?answer, "upgrade request refused"),
+        _ => tracing::warn!(status = answer.label(), answer = %answer, "upgrade request refused"),
     }
     answer.into_response()
 }
@@ -41,7 +41,7 @@ pub async fn upgrade(State(agent): State<Arc<Api>>, headers: HeaderMap, body: Bo
 /// A flood is made of unauthenticated requests: a line each would cost more than refusing them,
 /// so each is logged at debug and a warning sums them up at most every 10 s (metrics count all).
 fn log_unauthenticated(answer: &Answer) {
-    tracing::debug!(status = answer.label(), answer = ?answer, "upgrade request refused");
+    tracing::debug!(status = answer.label(), answer = %answer, "upgrade request refused");
     let count = UNAUTHENTICATED_SINCE_WARN.fetch_add(1, Ordering::Relaxed) + 1;
     let now = Instant::now();
     let mut last = LAST_UNAUTHENTICATED_WARN
@@ -50,7 +50,7 @@ fn log_unauthenticated(answer: &Answer) {
     if last.is_none_or(|t| now.duration_since(t) >= UNAUTHENTICATED_WARN_EVERY) {
         *last = Some(now);
         UNAUTHENTICATED_SINCE_WARN.fetch_sub(count, Ordering::Relaxed);
-        tracing::warn!(count, latest = ?answer, "unauthenticated upgrade requests refused");
+        tracing::warn!(count, latest = %answer, "unauthenticated upgrade requests refused");
     }
 }
 
