@@ -207,7 +207,7 @@ let
       ''
         cp ${uncheckedConfig} "$out"
         ${lib.optionalString canRunPackage ''
-          ${lib.getExe cfg.package} check-config --config "$out"
+          ${lib.getExe cfg.package} check-config --skip-programs --config "$out"
         ''}
       '';
 in
@@ -557,6 +557,8 @@ in
       '';
 
     environment.systemPackages = [ cfg.package ];
+    # The default config path of `status`, `check` and `check-config`, so they need no flags here.
+    environment.etc."nixos-hydra-upgrade/config.toml".source = configFile;
 
     networking.firewall.allowedTCPPorts = lib.optional (
       cfg.openFirewall && listenPort != null

@@ -2,6 +2,7 @@
 {
   lib,
   rustPlatform,
+  installShellFiles,
 }:
 let
   fs = lib.fileset;
@@ -17,6 +18,7 @@ rustPlatform.buildRustPackage {
     fileset = fs.unions [
       ./Cargo.toml
       ./Cargo.lock
+      ./build.rs
       ./src
       (fs.maybeMissing ./tests)
       (fs.maybeMissing ./examples)
@@ -24,6 +26,17 @@ rustPlatform.buildRustPackage {
   };
 
   cargoLock.lockFile = ./Cargo.lock;
+
+  # build.rs writes completions and man pages next to the build script's output.
+  nativeBuildInputs = [ installShellFiles ];
+  postInstall = ''
+    assets=$(echo $releaseDir/build/nixos-hydra-upgrade-*/out/assets)
+    installShellCompletion --cmd nixos-hydra-upgrade \
+      --bash $assets/completions/nixos-hydra-upgrade.bash \
+      --fish $assets/completions/nixos-hydra-upgrade.fish \
+      --zsh $assets/completions/_nixos-hydra-upgrade
+    installManPage $assets/man/*.1
+  '';
 
   # The tests need network namespaces, root and ICMP, which the build sandbox lacks; CI runs them.
   doCheck = false;

@@ -17,10 +17,7 @@ use nixos_hydra_upgrade::cli::Cli;
 fn pending(args: &[String]) -> bool {
     let has = |flag: &str| args.iter().any(|a| a == flag);
     let sub = args.first().map(String::as_str);
-    matches!(sub, Some("fleet" | "retry"))
-        || has("--follow")
-        || has("--hand-back")
-        || (sub == Some("trigger") && has("--json"))
+    matches!(sub, Some("fleet" | "retry")) || has("--hand-back")
 }
 
 /// Pages other branches add (the NixOS module and Hydra pages, the fleet page, the

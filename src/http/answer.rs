@@ -118,12 +118,12 @@ impl std::fmt::Display for Answer {
                 "{status}: body over {} bytes",
                 crate::config::MAX_BODY_BYTES
             ),
+            Answer::InFlight => write!(f, "{status}: a copy of this webhook-id is being answered"),
+            Answer::Hydra(e) => write!(f, "{status}: {e}"),
             Answer::Ignored(reason)
             | Answer::Invalid(reason)
-            | Answer::Unauthorized(reason)
-            | Answer::Refused(reason)
-            | Answer::Rejected(reason)
-            | Answer::Unavailable(reason) => write!(f, "{status}: {reason}"),
+            | Answer::Unauthorized { reason, .. }
+            | Answer::Refused(reason) => write!(f, "{status}: {reason}"),
         }
     }
 }
