@@ -53,6 +53,9 @@ pub struct Agent {
     pub metrics: Metrics,
     /// Work that outlives an attempt (its hooks); waited for at shutdown.
     pub background: tokio_util::task::TaskTracker,
+    /// The running fetch's progress and what a waiting attempt waits for (issue 14).
+    pub fetch: Arc<upgrade::fetch::FetchCell>,
+    pub waiting: upgrade::wait::WaitingCell,
     next_poll: Mutex<Option<String>>,
 }
 
@@ -94,6 +97,8 @@ impl Agent {
             verifying: AtomicUsize::new(0),
             metrics,
             background: tokio_util::task::TaskTracker::new(),
+            fetch: Arc::default(),
+            waiting: upgrade::wait::WaitingCell::default(),
             next_poll: Mutex::new(None),
             settings,
         })
@@ -130,6 +135,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         );
     }
     upgrade::settle_interrupted(&agent);
+    upgrade::reboot::recompute(
+        &agent.settings.system,
+        agent.store.snapshot().history.front(),
+    );
     tokio::spawn(crate::recovery::learn(agent.clone()));
     let listener = bind(&agent.settings.listen).await?;
     let address = listener.describe();

@@ -79,6 +79,8 @@ pub struct Scrape<'a> {
     pub boot_files_differ: bool,
     /// The next scheduled poll, Unix seconds.
     pub next_poll: Option<i64>,
+    /// What the worker waits for (`window`, `gate`, `rollout`), if it waits.
+    pub waiting: Option<&'static str>,
 }
 
 pub struct Metrics {
@@ -99,6 +101,7 @@ pub struct Metrics {
     phase_elapsed: FloatGauge,
     reboot_needed: Gauge,
     reboot_deferred: Gauge,
+    waiting: Family<Labels, Gauge>,
     last_attempt_finish: FloatGauge,
     last_attempt_duration: FloatGauge,
     check_passed: Family<Labels, Gauge>,
@@ -137,6 +140,7 @@ impl Metrics {
             phase_elapsed: Gauge::default(),
             reboot_needed: Gauge::default(),
             reboot_deferred: Gauge::default(),
+            waiting: Family::default(),
             last_attempt_finish: Gauge::default(),
             last_attempt_duration: Gauge::default(),
             check_passed: Family::default(),
@@ -250,6 +254,13 @@ impl Metrics {
         );
         add(
             &mut r,
+            "waiting",
+            "1 while the worker waits to activate, by reason (window, gate, rollout)",
+            false,
+            m.waiting.clone(),
+        );
+        add(
+            &mut r,
             "last_attempt_finish_timestamp",
             "When the last attempt ended (Unix time)",
             true,
@@ -354,7 +365,14 @@ impl Metrics {
         }
         self.phase_elapsed.set(scrape.phase_elapsed.as_secs_f64());
         let last = state.history.front();
-        let deferred = last.is_some_and(|a| a.reboot == Reboot::Deferred);
+        // A deferred reboot is cancelled once the installed system boots what the host booted.
+        let deferred =
+            last.is_some_and(|a| a.reboot == Reboot::Deferred) && scrape.boot_files_differ;
+        for reason in ["window", "gate", "rollout"] {
+            self.waiting
+                .get_or_create(&vec![("reason", reason.into())])
+                .set(i64::from(scrape.waiting == Some(reason)));
+        }
         self.reboot_deferred.set(i64::from(deferred));
         self.reboot_needed
             .set(i64::from(deferred || scrape.boot_files_differ));

@@ -44,6 +44,8 @@ pub fn snapshot(agent: &Agent) -> Value {
         "last_poll": state.last_poll,
         "hydra": agent.settings.hydra_instance,
         "reboot_needed": reboot_needed(agent),
+        "waiting": agent.waiting.get(),
+        "fetch": agent.fetch.get(),
         "history": state.history,
     })
 }
@@ -56,10 +58,10 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Whether the installed system boots another kernel, initrd or modules than the running one.
+/// Whether the installed system boots another kernel, initrd or modules than the running one, or
+/// was installed for the next boot because switch inhibitors changed.
 fn reboot_needed(agent: &Agent) -> bool {
-    let system = &agent.settings.system;
-    crate::upgrade::reboot::boot_files_differ(&system.booted_system, &system.system_profile)
+    crate::upgrade::reboot::RebootNeed::of_host(&agent.settings.system).needed()
 }
 
 pub async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
@@ -73,6 +75,7 @@ pub async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
         pending: agent.queue.pending().map(|j| j.target.build),
         depth: agent.queue.depth(),
         boot_files_differ: reboot_needed(&agent),
+        waiting: agent.waiting.get().map(|w| w.what.reason()),
         next_poll: agent
             .next_poll()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())

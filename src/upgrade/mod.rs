@@ -3,10 +3,15 @@
 
 pub mod activate;
 pub mod closure_diff;
+pub mod fetch;
+pub mod gates;
+pub mod gc;
+pub mod inhibitors;
 pub mod reboot;
 pub mod rollback;
 pub mod runner;
 pub mod self_update;
+pub mod wait;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -114,6 +119,28 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         return false;
     }
 
+    let runner = CommandRunner {
+        timeout: settings.activation_timeout,
+        dry_run: settings.dry_run,
+        cancel: shutdown.child_token(),
+    };
+    // Issue 14: gates before fetching (a metered link must not download), fetch and diff, then
+    // the window and gates for what this activation turns out to be.
+    let conditions = match prepare(agent, job, &runner, shutdown).await {
+        Prepared::Go(conditions) => conditions,
+        Prepared::Failed(error) => {
+            record.error = Some(error);
+            finish(agent, record, clock);
+            return false;
+        }
+        Prepared::GaveWay => {
+            agent.phase.set(Phase::Idle);
+            agent.queue.finish(None, None);
+            return false;
+        }
+        Prepared::Shutdown => return true,
+    };
+
     let marker = InFlight {
         build: target.build,
         path: target.path.clone(),
@@ -131,13 +158,10 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
     }
 
     agent.phase.set(Phase::Activating);
-    let runner = CommandRunner {
-        timeout: settings.activation_timeout,
-        dry_run: settings.dry_run,
-        cancel: shutdown.child_token(),
-    };
-    closure_diff::log(settings, &runner, target.path.as_str()).await;
-    let activated = activate::activate(settings, &runner, target, |p| agent.phase.set(p)).await;
+    let activated = activate::activate(settings, &runner, target, &conditions, |p| {
+        agent.phase.set(p)
+    })
+    .await;
     let live = match activated {
         Ok(done) => {
             record.outcome = Outcome::Upgraded;
@@ -192,6 +216,9 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
             );
         }
     }
+    if let Some(gc) = settings.gc.filter(|_| record.outcome == Outcome::Upgraded) {
+        gc::collect(&gc, &settings.system, &runner).await;
+    }
     // Compared after any rollback: a system rolled back to runs the old unit again.
     let replaced = live
         && !settings.dry_run
@@ -209,6 +236,58 @@ async fn run_attempt(agent: &Agent, job: &Job, shutdown: &CancellationToken) -> 
         return true;
     }
     false
+}
+
+/// How the steps before activation ended.
+enum Prepared {
+    Go(activate::Conditions),
+    /// The fetch failed (retried at the next poll or notification).
+    Failed(String),
+    /// A newer build was queued while this one waited.
+    GaveWay,
+    Shutdown,
+}
+
+/// Waits for the gates, fetches the target and logs the diff, compares switch inhibitors, then
+/// waits for the window (unless boot-only) and the gates again.
+async fn prepare(
+    agent: &Agent,
+    job: &Job,
+    runner: &CommandRunner,
+    shutdown: &CancellationToken,
+) -> Prepared {
+    let settings = &agent.settings;
+    let superseded = || agent.queue.pending().is_some();
+    let set_phase = |p| agent.phase.set(p);
+    let gates = || gates::check_all(&settings.gates, &settings.system, runner);
+    match wait::wait_until_open(gates, &agent.waiting, set_phase, superseded, shutdown).await {
+        wait::WaitEnd::Open => {}
+        wait::WaitEnd::Superseded => return Prepared::GaveWay,
+        wait::WaitEnd::Shutdown => return Prepared::Shutdown,
+    }
+    agent.phase.set(Phase::Fetching);
+    let target = job.target.path.as_str();
+    if let Err(e) = fetch::fetch_and_diff(settings, runner, target, &agent.fetch).await {
+        return Prepared::Failed(e.to_string());
+    }
+    let changed = if settings.dry_run {
+        Vec::new()
+    } else {
+        inhibitors::compare(&settings.system.current_system, Path::new(target))
+    };
+    let mut conditions = activate::Conditions {
+        inhibitors: changed,
+        now: wait::local_time_of_day(),
+    };
+    let boot_only = conditions.boot_only(settings);
+    let may = || wait::may_activate(settings, runner, boot_only, wait::local_time_of_day());
+    match wait::wait_until_open(may, &agent.waiting, set_phase, superseded, shutdown).await {
+        wait::WaitEnd::Open => {}
+        wait::WaitEnd::Superseded => return Prepared::GaveWay,
+        wait::WaitEnd::Shutdown => return Prepared::Shutdown,
+    }
+    conditions.now = wait::local_time_of_day();
+    Prepared::Go(conditions)
 }
 
 /// The system that ran before this attempt, as recorded in the in-flight marker.
@@ -267,6 +346,10 @@ fn finish(agent: &Agent, mut record: Attempt, clock: Instant) {
         tracing::error!(error = %e, "cannot save state; the attempt is remembered until the agent stops");
     }
     agent.queue.finish(deployed.map(|d| d.build), rolled_back);
+    reboot::recompute(
+        &agent.settings.system,
+        agent.store.snapshot().history.front(),
+    );
 }
 
 /// Settles an attempt that a stop or crash interrupted, from what the host runs now.
