@@ -135,10 +135,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         );
     }
     upgrade::settle_interrupted(&agent);
-    upgrade::reboot::recompute(
-        &agent.settings.system,
-        agent.store.snapshot().history.front(),
-    );
+    let history = agent.store.snapshot().history;
+    let was_deferred = upgrade::reboot::deferred_in(&history);
+    upgrade::reboot::recompute(&agent.settings.system, &history, was_deferred);
     tokio::spawn(crate::recovery::learn(agent.clone()));
     let listener = bind(&agent.settings.listen).await?;
     let address = listener.describe();

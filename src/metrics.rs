@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::ledger::PersistedState;
-use crate::model::{Attempt, Outcome, Phase, Reboot};
+use crate::model::{Attempt, Outcome, Phase};
 
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -367,7 +367,7 @@ impl Metrics {
         let last = state.history.front();
         // A deferred reboot is cancelled once the installed system boots what the host booted.
         let deferred =
-            last.is_some_and(|a| a.reboot == Reboot::Deferred) && scrape.boot_files_differ;
+            crate::upgrade::reboot::deferred_in(&state.history) && scrape.boot_files_differ;
         for reason in ["window", "gate", "rollout"] {
             self.waiting
                 .get_or_create(&vec![("reason", reason.into())])

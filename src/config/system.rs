@@ -16,6 +16,8 @@ pub struct SystemConfig {
     pub systemctl: String,
     /// For the closure diff logged before activation (skipped when not found).
     pub nix: String,
+    /// Where a fetched target closure is read (its switch inhibitors); tests point it elsewhere.
+    pub store_dir: PathBuf,
     /// For the `no-sessions` gate.
     pub loginctl: String,
     /// For the `not-metered` gate.
@@ -39,6 +41,7 @@ impl Default for SystemConfig {
             systemctl: "systemctl".into(),
             nix: "nix".into(),
             unit: "nixos-hydra-upgrade.service".into(),
+            store_dir: "/nix/store".into(),
             loginctl: "loginctl".into(),
             nmcli: "nmcli".into(),
             nix_env: "nix-env".into(),

@@ -44,6 +44,7 @@ pub fn snapshot(agent: &Agent) -> Value {
         "last_poll": state.last_poll,
         "hydra": agent.settings.hydra_instance,
         "reboot_needed": reboot_needed(agent),
+        "reboot_needed_because": Some(reboot_need(agent).why()).filter(|w| !w.is_empty()),
         "waiting": agent.waiting.get(),
         "fetch": agent.fetch.get(),
         "history": state.history,
@@ -61,7 +62,11 @@ pub async fn healthz() -> &'static str {
 /// Whether the installed system boots another kernel, initrd or modules than the running one, or
 /// was installed for the next boot because switch inhibitors changed.
 fn reboot_needed(agent: &Agent) -> bool {
-    crate::upgrade::reboot::RebootNeed::of_host(&agent.settings.system).needed()
+    reboot_need(agent).needed()
+}
+
+fn reboot_need(agent: &Agent) -> crate::upgrade::reboot::RebootNeed {
+    crate::upgrade::reboot::RebootNeed::of_host(&agent.settings.system)
 }
 
 pub async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

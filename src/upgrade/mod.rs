@@ -273,7 +273,11 @@ async fn prepare(
     let changed = if settings.dry_run {
         Vec::new()
     } else {
-        inhibitors::compare(&settings.system.current_system, Path::new(target))
+        let toplevel = settings
+            .system
+            .store_dir
+            .join(Path::new(target).file_name().unwrap_or_default());
+        inhibitors::compare(&settings.system.current_system, &toplevel)
     };
     let mut conditions = activate::Conditions {
         inhibitors: changed,
@@ -346,10 +350,9 @@ fn finish(agent: &Agent, mut record: Attempt, clock: Instant) {
         tracing::error!(error = %e, "cannot save state; the attempt is remembered until the agent stops");
     }
     agent.queue.finish(deployed.map(|d| d.build), rolled_back);
-    reboot::recompute(
-        &agent.settings.system,
-        agent.store.snapshot().history.front(),
-    );
+    let history = agent.store.snapshot().history;
+    let was_deferred = reboot::deferred_in(history.iter().skip(1));
+    reboot::recompute(&agent.settings.system, &history, was_deferred);
 }
 
 /// Settles an attempt that a stop or crash interrupted, from what the host runs now.

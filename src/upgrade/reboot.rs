@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{SystemConfig, TimeOfDay, TimeWindow};
-use crate::model::{Attempt, Reboot};
+use crate::model::{Attempt, Outcome, Reboot};
 use crate::upgrade::inhibitors;
 
 /// The boot-critical parts of a system closure (as nixpkgs' system.autoUpgrade compares them).
@@ -80,20 +80,39 @@ impl RebootNeed {
     }
 }
 
-/// The reboot state after `last`, recomputed from the host: a deferred reboot is cancelled when
-/// a later activation made the boot files equal to the booted system's again.
-pub fn settle(last: Option<&Attempt>, need: &RebootNeed) -> Reboot {
-    match last.map(|a| a.reboot) {
-        Some(Reboot::Deferred) if need.needed() => Reboot::Deferred,
-        _ => Reboot::None,
+/// Whether the newest upgrade in `history` (newest first) deferred its reboot.
+pub fn deferred_in<'a>(history: impl IntoIterator<Item = &'a Attempt>) -> bool {
+    history
+        .into_iter()
+        .find(|a| a.outcome == Outcome::Upgraded)
+        .is_some_and(|a| a.reboot == Reboot::Deferred)
+}
+
+/// The reboot state now: a deferred reboot stands while the newest upgrade deferred it and the
+/// host still needs it; it is cancelled once an activation made the boot files (and switch
+/// inhibitors) equal to what the host runs again.
+pub fn settle<'a>(history: impl IntoIterator<Item = &'a Attempt>, need: &RebootNeed) -> Reboot {
+    if deferred_in(history) && need.needed() {
+        Reboot::Deferred
+    } else {
+        Reboot::None
     }
 }
 
-/// `settle` from the host now, logged: at start and after every attempt.
-pub fn recompute(system: &SystemConfig, last: Option<&Attempt>) -> (RebootNeed, Reboot) {
+/// `settle` from the host now, logged: at start and after every attempt. `was_deferred`: a
+/// reboot was deferred before (so its cancellation is worth a line).
+pub fn recompute<'a>(
+    system: &SystemConfig,
+    history: impl IntoIterator<Item = &'a Attempt>,
+    was_deferred: bool,
+) -> (RebootNeed, Reboot) {
     let need = RebootNeed::of_host(system);
-    let reboot = settle(last, &need);
-    if last.is_some_and(|a| a.reboot == Reboot::Deferred) && reboot == Reboot::None {
+    let history: Vec<&Attempt> = history.into_iter().collect();
+    let reboot = settle(history.iter().copied(), &need);
+    let rebooting = history
+        .first()
+        .is_some_and(|a| a.reboot == Reboot::Scheduled);
+    if was_deferred && reboot == Reboot::None && !rebooting {
         tracing::info!(
             "deferred reboot cancelled: the installed system boots what the host booted"
         );
@@ -175,13 +194,16 @@ mod tests {
             inhibitors: Vec::new(),
         };
         let deferred = attempt(Reboot::Deferred);
-        assert_eq!(settle(Some(&deferred), &needed), Reboot::Deferred);
-        assert_eq!(
-            settle(Some(&deferred), &RebootNeed::default()),
-            Reboot::None
-        );
-        assert_eq!(settle(Some(&attempt(Reboot::None)), &needed), Reboot::None);
-        assert_eq!(settle(None, &needed), Reboot::None);
+        let failed = Attempt {
+            outcome: crate::model::Outcome::Failed,
+            ..attempt(Reboot::None)
+        };
+        assert_eq!(settle([&deferred], &needed), Reboot::Deferred);
+        assert_eq!(settle([&failed, &deferred], &needed), Reboot::Deferred);
+        assert_eq!(settle([&deferred], &RebootNeed::default()), Reboot::None);
+        let later = attempt(Reboot::None);
+        assert_eq!(settle([&later, &deferred], &needed), Reboot::None);
+        assert_eq!(settle([], &needed), Reboot::None);
         assert_eq!(needed.why(), "kernel");
     }
 

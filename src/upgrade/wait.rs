@@ -260,36 +260,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waits_until_open_and_shows_the_wait() {
+    async fn a_window_defers_then_opens_as_time_passes() {
+        // The clock is injected: each look at the window happens a minute later.
+        let s = settings("activation_window = { lower = \"02:00\", upper = \"04:00\" }");
+        let r = runner();
+        let times = ["01:58", "01:59", "02:00"];
         let cell = WaitingCell::default();
         let asked = AtomicUsize::new(0);
+        let phases = std::sync::Mutex::new(Vec::new());
         let shutdown = CancellationToken::new();
         let end = wait_until_open(
             || {
-                let n = asked.fetch_add(1, Ordering::SeqCst);
+                let now = t(times[asked.fetch_add(1, Ordering::SeqCst).min(2)]);
+                let (s, r) = (&s, &r);
                 async move {
-                    if n < 2 {
-                        window_verdict(
-                            Some(TimeWindow {
-                                lower: t("02:00"),
-                                upper: t("04:00"),
-                            }),
-                            t("12:00"),
-                        )
+                    may_activate(s, r, false, now)
+                        .await
                         .closed_for(Duration::from_millis(20))
-                    } else {
-                        Verdict::Open
-                    }
                 }
             },
             &cell,
-            |_| {},
+            |p| phases.lock().unwrap().push(p),
             || false,
             &shutdown,
         )
         .await;
         assert_eq!(end, WaitEnd::Open);
-        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            3,
+            "closed at 01:58 and 01:59, open at 02:00"
+        );
+        assert_eq!(*phases.lock().unwrap(), [Phase::Waiting, Phase::Waiting]);
         assert!(cell.get().is_none(), "no waiting object once open");
     }
 
