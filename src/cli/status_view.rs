@@ -50,6 +50,32 @@ pub fn describe(status: &Value) -> String {
         phase_text.push_str(&format!(" (build {})", job["build"]));
     }
     line("phase", phase_text);
+    if let Some(w) = present(status, "waiting") {
+        line(
+            "waiting",
+            format!(
+                "{}
+since {}, looks again at {}",
+                text(&w["detail"]),
+                text(&w["since"]),
+                text(&w["until"])
+            ),
+        );
+    }
+    if let Some(f) = present(status, "fetch") {
+        let mib = |v: &Value| v.as_u64().unwrap_or(0) / (1024 * 1024);
+        line(
+            "fetch",
+            format!(
+                "{}/{} paths, {}/{} MiB{}",
+                f["paths_done"],
+                f["paths_expected"],
+                mib(&f["bytes_done"]),
+                mib(&f["bytes_expected"]),
+                present(f, "current").map_or(String::new(), |c| format!("\n{}", text(c)))
+            ),
+        );
+    }
 
     let deployed = present(status, "deployed");
     line(
@@ -85,15 +111,19 @@ pub fn describe(status: &Value) -> String {
         present(status, "last_attempt").map_or("none".into(), |a| describe_attempt(a, &hydra)),
     );
     let deferred = present(status, "last_attempt").is_some_and(|a| a["reboot"] == "deferred");
+    let because = present(status, "reboot_needed_because").map(text);
     let reboot = match (
         deferred,
         status.get("reboot_needed") == Some(&Value::Bool(true)),
     ) {
-        (true, _) => "deferred to the reboot window",
-        (false, true) => "needed: the installed system boots another kernel, initrd or modules",
-        (false, false) => "not needed",
+        (true, true) => "deferred to the reboot window".to_owned(),
+        (_, true) => because.map_or(
+            "needed: the installed system boots another kernel, initrd or modules".to_owned(),
+            |b| format!("needed: {b}"),
+        ),
+        (_, false) => "not needed".to_owned(),
     };
-    line("reboot", reboot.into());
+    line("reboot", reboot);
     line(
         "next poll",
         present(status, "next_poll").map_or("none".into(), text),
@@ -160,7 +190,12 @@ mod tests {
                 "started_at": "2026-01-01T04:40:00Z", "finished_at": "2026-01-01T04:40:12Z",
                 "checks": [{"name": "app", "kind": "http", "passed": false, "detail": "status 503",
                             "attempts": 3, "duration_ms": 40}]},
-            "reboot_needed": true, "next_poll": null, "history": []
+            "reboot_needed": true, "next_poll": null, "history": [],
+            "waiting": {"reason": "gate", "gate": "no-sessions",
+                "detail": "gate no-sessions: 1 user session(s): alice on tty2",
+                "since": "2026-01-01T04:40:00Z", "until": "2026-01-01T04:45:00Z"},
+            "fetch": {"target": path, "paths_done": 1, "paths_expected": 2,
+                "bytes_done": 31_457_280, "bytes_expected": 52_428_800, "current": path}
         });
         let text = describe(&status);
         for needle in [
@@ -172,6 +207,9 @@ mod tests {
             "FAIL app (http) 40 ms: status 503",
             "reboot          needed",
             "next poll       none",
+            "waiting         gate no-sessions: 1 user session(s): alice on tty2",
+            "looks again at 2026-01-01T04:45:00Z",
+            "fetch           1/2 paths, 30/50 MiB",
         ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }
