@@ -93,7 +93,13 @@ async fn sigkill_at_random_points_never_loses_or_corrupts_state() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         rig.spawn().await;
-        let state = read_state(&rig);
+        // Settling waits for the switch lock, then runs in the worker: give it a moment.
+        let restarted = Instant::now();
+        let mut state = read_state(&rig);
+        while !state["in_flight"].is_null() && restarted.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            state = read_state(&rig);
+        }
         assert!(
             state["in_flight"].is_null(),
             "round {round}: settled at start: {state}"

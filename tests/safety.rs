@@ -154,7 +154,7 @@ async fn fetch_first_shows_progress_names_a_failed_path_and_retries() {
             format!("nix build {target}"),
             format!("nix build {target}"),
             "nix diff".to_owned(),
-            format!("nixos-rebuild switch --store-path {target}"),
+            format!("nixos-rebuild switch --store-path {target} --no-reexec"),
         ]
     );
     let logs = rig.logs();
@@ -208,7 +208,7 @@ async fn an_inhibitor_change_installs_for_boot_and_a_later_activation_cancels_th
     assert_eq!(status["last_attempt"]["reboot"], "deferred");
     assert_eq!(
         rig.calls(),
-        [format!("nixos-rebuild boot --store-path {t70}")]
+        [format!("nixos-rebuild boot --store-path {t70} --no-reexec")]
     );
     assert_eq!(status["reboot_needed"], true);
     assert_eq!(
@@ -236,13 +236,22 @@ async fn an_inhibitor_change_installs_for_boot_and_a_later_activation_cancels_th
     assert_eq!(
         rig.calls()[1..],
         [
-            format!("nixos-rebuild boot --store-path {t71}"),
-            format!("nixos-rebuild switch --store-path {t71}"),
+            format!("nixos-rebuild boot --store-path {t71} --no-reexec"),
+            format!("nixos-rebuild switch --store-path {t71} --no-reexec"),
         ]
     );
     assert_eq!(status["reboot_needed"], false);
-    assert!(rig.logs().iter().any(|l| l["message"]
-        == "deferred reboot cancelled: the installed system boots what the host booted"));
+    // Logged right after the attempt is recorded, so it may trail the status by a moment.
+    let started = Instant::now();
+    while !rig.logs().iter().any(|l| {
+        l["message"] == "deferred reboot cancelled: the installed system boots what the host booted"
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no cancellation logged"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let text = metrics(&rig).await;
     assert!(
         text.contains("nixos_hydra_upgrade_reboot_deferred 0"),
@@ -309,7 +318,9 @@ async fn a_boot_only_activation_ignores_the_window() {
     assert_eq!(status["last_attempt"]["outcome"], "upgraded", "{status:#}");
     assert_eq!(
         rig.calls(),
-        [format!("nixos-rebuild boot --store-path {target}")]
+        [format!(
+            "nixos-rebuild boot --store-path {target} --no-reexec"
+        )]
     );
 }
 
@@ -394,6 +405,8 @@ async fn each_gate_kind_defers_while_closed_and_opens() {
     assert!(status["waiting"].is_null());
     assert_eq!(
         rig.calls(),
-        [format!("nixos-rebuild switch --store-path {target}")]
+        [format!(
+            "nixos-rebuild switch --store-path {target} --no-reexec"
+        )]
     );
 }

@@ -281,6 +281,7 @@ impl Settings {
         if raw.flags.iter().any(|f| f.is_empty()) {
             return Err(invalid("flags", "an empty argument is not allowed".into()));
         }
+        crate::refused_flags::check(&raw.flags).map_err(|m| invalid("flags", m))?;
         if raw.system.nixos_rebuild.is_empty() {
             return Err(invalid("system.nixos_rebuild", "must not be empty".into()));
         }
@@ -474,6 +475,11 @@ mod tests {
             ("[[gates]]\nkind = \"elsewhere\"\n", "elsewhere"),
             ("[gc]\nkeep_generations = 0\n", "gc"),
             ("[system]\nloginctl = \"\"\n", "system.loginctl"),
+            (
+                "flags = [\"-L\", \"--profile-name\", \"x\"]\n",
+                "--profile-name is refused",
+            ),
+            ("flags = [\"-Lc\", \"gpu\"]\n", "-Lc is refused"),
         ];
         for (extra, needle) in cases {
             let err = parse(&format!("{extra}{MINIMAL}")).unwrap_err().to_string();

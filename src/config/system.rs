@@ -28,6 +28,9 @@ pub struct SystemConfig {
     /// The agent's own unit: a switch that changes `etc/systemd/system/<unit>` makes it exit 0
     /// so systemd starts the new version.
     pub unit: String,
+    /// The lock switch-to-configuration holds while it switches; an interrupted attempt is
+    /// settled only once it is free.
+    pub switch_lock: PathBuf,
 }
 
 impl Default for SystemConfig {
@@ -46,6 +49,7 @@ impl Default for SystemConfig {
             nmcli: "nmcli".into(),
             nix_env: "nix-env".into(),
             nix_store: "nix-store".into(),
+            switch_lock: "/run/nixos/switch-to-configuration.lock".into(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::upgrade::resolve_link;
+use crate::host::resolve_link;
 use crate::upgrade::runner::CommandRunner;
 
 /// Both closures are local by now; a diff that takes longer than this is cut off.

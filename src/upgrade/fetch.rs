@@ -10,11 +10,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::model::StorePath;
+use crate::model::{FetchProgress, StorePath};
 use crate::upgrade::closure_diff;
 use crate::upgrade::runner::{CommandRunner, LineObserver, RunError};
 
@@ -27,32 +26,8 @@ const RES_SET_EXPECTED: u64 = 106;
 /// nix's `Verbosity::lvlError`.
 const LVL_ERROR: u64 = 0;
 
-/// How far the fetch is, as `/v1/status` shows it under `fetch`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct FetchProgress {
-    pub target: String,
-    pub paths_done: u64,
-    pub paths_expected: u64,
-    /// NAR bytes copied into the store so far, and in all.
-    pub bytes_done: u64,
-    pub bytes_expected: u64,
-    /// The path being copied most recently started.
-    pub current: Option<String>,
-}
-
-/// The progress of the running fetch, shared with the status endpoint; None when none runs.
-#[derive(Default)]
-pub struct FetchCell(Mutex<Option<FetchProgress>>);
-
-impl FetchCell {
-    pub fn get(&self) -> Option<FetchProgress> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn set(&self, progress: Option<FetchProgress>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = progress;
-    }
-}
+/// Where the progress goes while the fetch runs (the status's `fetch`); None once it ended.
+pub type Report = Arc<dyn Fn(Option<FetchProgress>) + Send + Sync>;
 
 /// Why the fetch failed; the attempt fails and the next poll or notification retries it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -254,18 +229,18 @@ fn mib(bytes: u64) -> String {
     format!("{value:.1}")
 }
 
-/// Realises `target` with `nix`; progress goes to the log and to `cell` while it runs.
+/// Realises `target` with `nix`; progress goes to the log and to `report` while it runs.
 pub async fn fetch(
     nix: &Path,
     runner: &CommandRunner,
     target: &str,
-    cell: &Arc<FetchCell>,
+    report: &Report,
 ) -> Result<FetchProgress, FetchError> {
     let log = Arc::new(Mutex::new(NixLog::new(target)));
-    cell.set(Some(log_progress(&log)));
+    report(Some(log_progress(&log)));
     let observer: LineObserver = {
         let log = log.clone();
-        let cell = cell.clone();
+        let report = report.clone();
         Arc::new(move |line: &str| {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
             let event = log.feed(line);
@@ -291,7 +266,7 @@ pub async fn fetch(
                 }
                 Event::Message(text) => tracing::info!(stream = "nix", "{text}"),
             }
-            cell.set(Some(log.progress().clone()));
+            report(Some(log.progress().clone()));
             false
         })
     };
@@ -299,7 +274,7 @@ pub async fn fetch(
     let result = runner
         .run_observed(&fetch_argv(nix, target), &[], Some(observer))
         .await;
-    cell.set(None);
+    report(None);
     let log = log.lock().unwrap_or_else(|p| p.into_inner());
     let done = log.progress().clone();
     match result {
@@ -334,14 +309,14 @@ pub async fn fetch_and_diff(
     settings: &Settings,
     runner: &CommandRunner,
     target: &str,
-    cell: &Arc<FetchCell>,
+    report: &Report,
 ) -> Result<(), FetchError> {
     let path_var = std::env::var("PATH").ok();
     let Some(nix) = closure_diff::find_program(&settings.system.nix, path_var.as_deref()) else {
         tracing::info!(nix = %settings.system.nix, "nix not found: fetch and closure diff skipped");
         return Ok(());
     };
-    fetch(&nix, runner, target, cell).await?;
+    fetch(&nix, runner, target, report).await?;
     closure_diff::log(settings, runner, &nix, target).await;
     Ok(())
 }
@@ -461,10 +436,18 @@ mod tests {
             dry_run: false,
             cancel: tokio_util::sync::CancellationToken::new(),
         };
-        let cell = Arc::new(FetchCell::default());
-        let done = fetch(&nix, &runner, TARGET, &cell).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let report: Report = Arc::new(move |p| sink.lock().unwrap().push(p));
+        let done = fetch(&nix, &runner, TARGET, &report).await.unwrap();
         assert_eq!((done.paths_done, done.bytes_done), (1, 31_457_280));
-        assert!(cell.get().is_none(), "no progress once the fetch ended");
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .flatten()
+                .any(|p| p.paths_done == 1 && p.paths_expected == 2)
+        );
+        assert_eq!(seen.last(), Some(&None), "no progress once the fetch ended");
         let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
         assert!(
             args.contains(&format!(
@@ -473,7 +456,7 @@ mod tests {
             "{args}"
         );
         std::fs::write(dir.path().join("fail"), "").unwrap();
-        let err = fetch(&nix, &runner, TARGET, &cell).await.unwrap_err();
+        let err = fetch(&nix, &runner, TARGET, &report).await.unwrap_err();
         assert_eq!(err.at.as_deref(), Some(DEP));
         assert_eq!(err.why, "cannot connect to the daemon");
         let text = err.to_string();

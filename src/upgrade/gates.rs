@@ -13,9 +13,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use jiff::Timestamp;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{GateConfig, GateKind, SystemConfig};
-use crate::model::{Verdict, WaitingFor};
+use crate::model::{Job, Verdict, WaitingFor};
 use crate::upgrade::runner::{CommandRunner, LineObserver};
+use crate::upgrade::wait::Condition;
 
 /// A gate's question must answer within this.
 const GATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -225,19 +230,31 @@ pub async fn check(gate: &GateConfig, system: &SystemConfig, runner: &CommandRun
     }
 }
 
-/// The first closed gate, in config order; Open when all are open.
-pub async fn check_all(
-    gates: &[GateConfig],
-    system: &SystemConfig,
-    runner: &CommandRunner,
-) -> Verdict {
-    for gate in gates {
-        let verdict = check(gate, system, runner).await;
-        if verdict != Verdict::Open {
-            return verdict;
-        }
+/// A gate as a condition of the wait step; asked before fetching too.
+pub struct Gate {
+    pub config: GateConfig,
+    pub system: SystemConfig,
+    /// dry_run: the question is logged, not asked, and the gate counts as open.
+    pub dry_run: bool,
+    /// Stops a running question when the agent stops.
+    pub cancel: CancellationToken,
+}
+
+impl Condition for Gate {
+    fn check<'a>(&'a self, _job: &'a Job, _now: Timestamp) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            let runner = CommandRunner {
+                timeout: GATE_TIMEOUT,
+                dry_run: self.dry_run,
+                cancel: self.cancel.clone(),
+            };
+            check(&self.config, &self.system, &runner).await
+        })
     }
-    Verdict::Open
+
+    fn before_fetch(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +291,55 @@ mod tests {
             .map(|s| s.name.as_str())
             .collect();
         assert_eq!(blocking, ["alice", "carol"]);
+    }
+
+    #[tokio::test]
+    async fn a_command_gate_is_closed_then_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("busy");
+        std::fs::write(&flag, "").unwrap();
+        let gate = Gate {
+            config: GateConfig {
+                kind: GateKind::Command,
+                recheck: Duration::from_secs(60),
+                argv: vec![
+                    "test".into(),
+                    "!".into(),
+                    "-e".into(),
+                    flag.display().to_string(),
+                ],
+            },
+            system: SystemConfig::default(),
+            dry_run: false,
+            cancel: CancellationToken::new(),
+        };
+        let job = crate::model::Job {
+            target: crate::model::Target {
+                build: 1,
+                path: crate::model::StorePath::parse(
+                    "/nix/store/00000000000000000000000000000000-nixos-system-web1",
+                )
+                .unwrap(),
+                flake: None,
+            },
+            source: crate::model::Source::Hydra,
+            force: false,
+            received_at: Timestamp::UNIX_EPOCH,
+        };
+        let closed = gate.check(&job, Timestamp::UNIX_EPOCH).await;
+        assert_eq!(
+            closed,
+            Verdict::Closed {
+                what: WaitingFor::Gate {
+                    gate: "command test".into()
+                },
+                detail: "gate command test: test: exited with status 1".into(),
+                recheck: Duration::from_secs(60),
+            }
+        );
+        assert!(gate.before_fetch());
+        std::fs::remove_file(&flag).unwrap();
+        assert_eq!(gate.check(&job, Timestamp::UNIX_EPOCH).await, Verdict::Open);
     }
 
     #[test]

@@ -20,9 +20,13 @@ pub const JOB: &str = "web1";
 pub const BIN: &str = env!("CARGO_BIN_EXE_nixos-hydra-upgrade");
 
 /// The fake nixos-rebuild: argv to `calls`, optional delay and exit code from files the test
-/// writes, symlinks moved like the real command moves them.
+/// writes, symlinks moved like the real command moves them. The switch itself stands in for
+/// switch-to-configuration in its transient unit: it holds the switch lock (flock, as the real
+/// one does) for `switch-time` seconds and, once started, finishes even if the agent dies.
+/// Before that point a dead agent means systemd killed nixos-rebuild with it: no switch.
 const FAKE_REBUILD: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
+agent=$PPID
 echo "nixos-rebuild $*" >> "$dir/calls"
 op=$1; shift
 path=
@@ -36,6 +40,12 @@ done
 [ -f "$dir/delay" ] && sleep "$(cat "$dir/delay")"
 code=$(cat "$dir/exit-code" 2>/dev/null || echo 0)
 [ "$code" = 0 ] || exit "$code"
+exec 9>"$dir/switch.lock"
+flock 9
+kill -0 "$agent" 2>/dev/null || exit 1
+trap '' TERM
+touch "$dir/switching"
+[ -f "$dir/switch-time" ] && sleep "$(cat "$dir/switch-time")"
 case "$op" in
   switch|test) ln -sfn "$path" "$dir/current-system" ;;
 esac
@@ -48,6 +58,7 @@ case "$op" in
     ln -sfn "$dir/kernels/modules" "$gen/kernel-modules"
     ln -sfn "$gen" "$dir/system-profile" ;;
 esac
+rm -f "$dir/switching"
 exit 0
 "#;
 
@@ -123,7 +134,7 @@ impl Rig {
             "host = \"{JOB}\"\nlisten = \"127.0.0.1:0\"\nsecret_file = \"{}\"\nstate_dir = \"{}\"\ndates = \"\"\n{}\n\
              [hydra]\ninstance = \"{}\"\nproject = \"{PROJECT}\"\njobset = \"{JOBSET}\"\ntimeout = \"2s\"\n\
              [system]\nnixos_rebuild = \"{}\"\nreboot_command = [\"{}\", \"now\"]\ncurrent_system = \"{}\"\n\
-             booted_system = \"{}\"\nsystem_profile = \"{}\"\nnix = \"{}\"\n",
+             booted_system = \"{}\"\nsystem_profile = \"{}\"\nnix = \"{}\"\nswitch_lock = \"{}\"\n",
             root.join("secret").display(),
             root.join("state").display(),
             self.extra_config,
@@ -135,6 +146,7 @@ impl Rig {
             root.join("system-profile").display(),
             // Never the host's nix (it would reach for substituters): a fake, if a test writes one.
             root.join("nix").display(),
+            root.join("switch.lock").display(),
         )
     }
 
@@ -256,6 +268,30 @@ impl Rig {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "no attempt for {build}: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the last attempt is `build` with `outcome`; the status then.
+    pub async fn wait_for_outcome(&self, build: u64, outcome: &str) -> Value {
+        self.wait_until(&format!("build {build} {outcome}"), |s| {
+            s["last_attempt"]["build"] == json!(build) && s["last_attempt"]["outcome"] == outcome
+        })
+        .await
+    }
+
+    /// Polls `/v1/status` until `done` holds (20 s at most); the status then.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let status = self.status().await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "not {what} within 20 s: {status:#}"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
