@@ -84,6 +84,8 @@ pub struct Scrape<'a> {
     pub next_poll: Option<i64>,
     /// What the worker waits for (`window`, `gate`, `rollout`), if it waits.
     pub waiting: Option<&'static str>,
+    /// The newest upgrade deferred its reboot and the host still needs it.
+    pub reboot_deferred: bool,
 }
 
 pub struct Metrics {
@@ -367,9 +369,7 @@ impl Metrics {
         }
         self.phase_elapsed.set(scrape.phase_elapsed.as_secs_f64());
         let last = scrape.history.front();
-        // A deferred reboot is cancelled once the installed system boots what the host booted.
-        let deferred =
-            crate::upgrade::reboot::deferred_in(scrape.history) && scrape.boot_files_differ;
+        let deferred = scrape.reboot_deferred;
         for reason in ["window", "gate", "rollout"] {
             self.waiting
                 .get_or_create(&vec![("reason", reason.into())])

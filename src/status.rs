@@ -77,6 +77,9 @@ impl StatusView {
             depth: usize::from(state.pending.is_some()) + usize::from(state.running.is_some()),
             boot_files_differ: self.reboot_needed(),
             waiting: live.waiting.as_ref().map(|w| w.what.reason()),
+            // A deferred reboot is cancelled once the installed system boots what the host booted.
+            reboot_deferred: crate::upgrade::reboot::settle(&state.history, &self.reboot_need())
+                == crate::model::Reboot::Deferred,
             next_poll: live
                 .next_poll
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())

@@ -184,7 +184,7 @@ async fn dry_run_runs_nothing_and_deploys_nothing() {
     assert_eq!(
         rig.calls(),
         [
-            format!("nixos-rebuild boot --store-path {}", out()),
+            format!("nixos-rebuild boot --store-path {} --no-reexec", out()),
             "reboot now".into()
         ]
     );
