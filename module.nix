@@ -146,6 +146,13 @@ let
       "health_checks"
       "canary_hosts"
     ]
+    # issue 14 (safety)
+    [ "activation_window" ]
+    [ "gates" ]
+    [
+      "gc"
+      "keep_generations"
+    ]
   ];
   clashingKeys = lib.filter (path: lib.hasAttrByPath path cfg.settings) ownedKeys;
 
@@ -190,7 +197,31 @@ let
       inherit (cfg.rebootWindow) lower upper;
     };
   }
-  // lib.optionalAttrs (cfg.secretFile != null) { secret_file = credentialPath; };
+  // lib.optionalAttrs (cfg.secretFile != null) { secret_file = credentialPath; }
+  // safetySettings;
+
+  # issue 14 (safety): activation window, gates and clean-up, as SPEC §3 keys.
+  safetySettings =
+    lib.optionalAttrs (cfg.activationWindow != null) {
+      activation_window = {
+        inherit (cfg.activationWindow) lower upper;
+      };
+    }
+    // lib.optionalAttrs (cfg.gates != [ ]) {
+      gates = map (
+        gate:
+        {
+          inherit (gate) kind recheck;
+        }
+        // lib.optionalAttrs (gate.argv != [ ]) { inherit (gate) argv; }
+      ) cfg.gates;
+    }
+    // lib.optionalAttrs (builtins.any (gate: gate.kind == "not-metered") cfg.gates) {
+      system.nmcli = lib.getExe' pkgs.networkmanager "nmcli";
+    }
+    // lib.optionalAttrs (cfg.gc.keepGenerations != null) {
+      gc.keep_generations = cfg.gc.keepGenerations;
+    };
 
   uncheckedConfig = settingsFormat.generate "nixos-hydra-upgrade-unchecked.toml" (
     lib.recursiveUpdate generatedSettings cfg.settings
@@ -424,6 +455,96 @@ in
         first also signs; all verify). Read through systemd's `LoadCredential`, so it can
         be owned by root with mode 0400, and never copied into the Nix store. Without it the
         agent accepts no notification and only polls on {option}`${opt}.dates`.
+      '';
+    };
+
+    # issue 14 (safety): activation window, gates, clean-up.
+    activationWindow = lib.mkOption {
+      type = lib.types.nullOr (
+        lib.types.submodule {
+          options = {
+            lower = lib.mkOption {
+              type = lib.types.str;
+              example = "02:00";
+              description = "Start of the activation window, `HH:MM` local time.";
+            };
+            upper = lib.mkOption {
+              type = lib.types.str;
+              example = "04:00";
+              description = "End of the activation window, `HH:MM` local time.";
+            };
+          };
+        }
+      );
+      default = null;
+      example = {
+        lower = "02:00";
+        upper = "04:00";
+      };
+      description = ''
+        Times (`lower` and `upper`, `HH:MM`) between which a new system may be switched to;
+        outside them the build waits, queued (a newer build replaces it). Fetching the build
+        and a boot-only activation happen at any time. `lower` later than `upper` spans
+        midnight; `null` allows switching at any time.
+      '';
+    };
+
+    gates = lib.mkOption {
+      type = lib.types.listOf (
+        lib.types.submodule {
+          options = {
+            kind = lib.mkOption {
+              type = lib.types.enum [
+                "no-sessions"
+                "not-metered"
+                "command"
+              ];
+              description = ''
+                `no-sessions`: no user is logged in (logind); `not-metered`: NetworkManager
+                reports no metered connection; `command`: {option}`argv` exits 0.
+              '';
+            };
+            recheck = lib.mkOption {
+              type = lib.types.str;
+              default = "5m";
+              description = "How often a closed gate is looked at again (`30s`, `5m`, `1h`).";
+            };
+            argv = lib.mkOption {
+              type = lib.types.listOf lib.types.str;
+              default = [ ];
+              example = [
+                "/run/current-system/sw/bin/test"
+                "!"
+                "-e"
+                "/run/maintenance"
+              ];
+              description = "The program and its arguments, for kind `command` only.";
+            };
+          };
+        }
+      );
+      default = [ ];
+      example = [
+        { kind = "no-sessions"; }
+        {
+          kind = "not-metered";
+          recheck = "15m";
+        }
+      ];
+      description = ''
+        Conditions that must all hold before a new system is activated. A closed gate defers
+        the activation (the build waits, queued) and never fails it.
+      '';
+    };
+
+    gc.keepGenerations = lib.mkOption {
+      type = lib.types.nullOr lib.types.int;
+      default = null;
+      example = 10;
+      description = ''
+        After a healthy upgrade, keep the newest this many system generations and collect
+        garbage (`nix-env --delete-generations +N`, then `nix-store --gc`); `null` cleans
+        nothing.
       '';
     };
 

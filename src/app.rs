@@ -154,7 +154,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         progress,
         metrics,
         hooks,
-        conditions: Vec::new(),
+        conditions: safety_conditions(&settings, &shutdown),
         shutdown: shutdown.clone(),
     };
 
@@ -175,6 +175,30 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         worker,
         background,
     })
+}
+
+/// Issue 14's conditions of the wait step: the activation window, then each gate in order.
+fn safety_conditions(
+    settings: &Arc<Settings>,
+    shutdown: &CancellationToken,
+) -> Vec<Box<dyn crate::upgrade::wait::Condition>> {
+    let mut conditions: Vec<Box<dyn crate::upgrade::wait::Condition>> = Vec::new();
+    if let Some(window) = settings.activation_window {
+        conditions.push(Box::new(crate::upgrade::window::ActivationWindow {
+            settings: settings.clone(),
+            window,
+            zone: jiff::tz::TimeZone::system(),
+        }));
+    }
+    for gate in &settings.gates {
+        conditions.push(Box::new(crate::upgrade::gates::Gate {
+            config: gate.clone(),
+            system: settings.system.clone(),
+            dry_run: settings.dry_run,
+            cancel: shutdown.child_token(),
+        }));
+    }
+    conditions
 }
 
 fn log_loaded(settings: &Settings, loaded: Loaded) {

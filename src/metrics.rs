@@ -15,7 +15,7 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 
 use std::collections::VecDeque;
 
-use crate::model::{Attempt, Deployed, Outcome, Phase, Reboot};
+use crate::model::{Attempt, Deployed, Outcome, Phase};
 
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -83,6 +83,10 @@ pub struct Scrape<'a> {
     pub boot_files_differ: bool,
     /// The next scheduled poll, Unix seconds.
     pub next_poll: Option<i64>,
+    /// What the worker waits for (`window`, `gate`, `rollout`), if it waits.
+    pub waiting: Option<&'static str>,
+    /// The newest upgrade deferred its reboot and the host still needs it.
+    pub reboot_deferred: bool,
 }
 
 /// The counters and histograms fed as things happen; gauges are built per scrape.
@@ -244,7 +248,7 @@ fn gauges(scrape: &Scrape<'_>, newest_green: u64) -> Registry {
     let deployed = scrape.deployed;
     let history = scrape.history;
     let last = history.front();
-    let deferred = last.is_some_and(|a| a.reboot == Reboot::Deferred);
+    let deferred = scrape.reboot_deferred;
     let seconds = |t: jiff::Timestamp| t.as_second() as f64;
     let outcome_rows = |value: &dyn Fn(Outcome) -> f64| {
         Outcome::ALL
@@ -360,9 +364,21 @@ fn gauges(scrape: &Scrape<'_>, newest_green: u64) -> Registry {
     add(
         &mut r,
         "reboot_deferred",
-        "1 when the last upgrade deferred its reboot to the reboot window",
+        "1 when the last upgrade deferred its reboot to the reboot window and it is still needed",
         false,
         gauge(i64::from(deferred)),
+    );
+    add(
+        &mut r,
+        "waiting",
+        "1 while the worker waits to activate, by what it waits for",
+        false,
+        family::<std::sync::atomic::AtomicI64, i64>(["window", "gate", "rollout"].map(|reason| {
+            (
+                vec![("reason", reason.into())],
+                i64::from(scrape.waiting == Some(reason)),
+            )
+        })),
     );
     add(
         &mut r,
@@ -436,7 +452,7 @@ fn latest_checks(history: &VecDeque<Attempt>) -> BTreeMap<(String, String), (boo
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::{CheckResult, Source, StorePath, now};
+    use crate::model::{CheckResult, Reboot, Source, StorePath, now};
 
     /// A state where build `build` is deployed and the last attempt ran one check named `check`.
     fn state(build: u64, check: &str) -> (Deployed, VecDeque<Attempt>) {
@@ -497,6 +513,8 @@ mod tests {
                             depth: 0,
                             boot_files_differ: false,
                             next_poll: None,
+                            waiting: None,
+                            reboot_deferred: false,
                         });
                         let build = deployed.build;
                         let want = |name: &str, n: usize| {

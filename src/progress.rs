@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use jiff::Timestamp;
 
-use crate::model::{Phase, Waiting, now};
+use crate::model::{FetchProgress, Phase, Waiting, now};
 
 /// One point of view on the live state; components hold an `Arc` of it.
 pub struct Progress {
@@ -21,6 +21,7 @@ struct Worker {
     since: Timestamp,
     build: Option<u64>,
     waiting: Option<Waiting>,
+    fetch: Option<FetchProgress>,
 }
 
 /// A copy of the live state for one status answer or scrape.
@@ -30,6 +31,8 @@ pub struct Live {
     pub phase: Phase,
     pub since: Timestamp,
     pub waiting: Option<Waiting>,
+    /// The running fetch's progress (issue 14).
+    pub fetch: Option<FetchProgress>,
     pub next_poll: Option<String>,
 }
 
@@ -41,6 +44,7 @@ impl Default for Progress {
                 since: now(),
                 build: None,
                 waiting: None,
+                fetch: None,
             }),
             verifying: AtomicUsize::new(0),
             next_poll: Mutex::new(None),
@@ -83,6 +87,11 @@ impl Progress {
         worker.waiting = Some(Waiting { since, ..waiting });
     }
 
+    /// The running fetch's progress; None once it ended.
+    pub fn set_fetch(&self, fetch: Option<FetchProgress>) {
+        self.worker.lock().unwrap_or_else(|p| p.into_inner()).fetch = fetch;
+    }
+
     pub fn set_next_poll(&self, next: Option<String>) {
         *self.next_poll.lock().unwrap_or_else(|p| p.into_inner()) = next;
     }
@@ -108,6 +117,7 @@ impl Progress {
             phase,
             since: worker.since,
             waiting: worker.waiting,
+            fetch: worker.fetch,
             next_poll: self
                 .next_poll
                 .lock()

@@ -46,15 +46,21 @@ impl StatusView {
             "last_poll": state.last_poll,
             "hydra": settings.hydra_instance,
             "reboot_needed": self.reboot_needed(),
+            "reboot_needed_because": Some(self.reboot_need().why()).filter(|w| !w.is_empty()),
+            "fetch": live.fetch,
             "state_error": self.ledger.write_error(),
             "history": state.history,
         })
     }
 
-    /// Whether the installed system boots another kernel, initrd or modules than the running one.
+    /// Whether the installed system boots another kernel, initrd or modules than the running one,
+    /// or was installed for the next boot because switch inhibitors changed.
     pub fn reboot_needed(&self) -> bool {
-        let system = &self.settings.system;
-        crate::upgrade::reboot::boot_files_differ(&system.booted_system, &system.system_profile)
+        self.reboot_need().needed()
+    }
+
+    fn reboot_need(&self) -> crate::upgrade::reboot::RebootNeed {
+        crate::upgrade::reboot::RebootNeed::of_host(&self.settings.system)
     }
 
     /// The Prometheus text of a scrape.
@@ -70,6 +76,10 @@ impl StatusView {
             pending: state.pending.as_ref().map(|j| j.target.build),
             depth: usize::from(state.pending.is_some()) + usize::from(state.running.is_some()),
             boot_files_differ: self.reboot_needed(),
+            waiting: live.waiting.as_ref().map(|w| w.what.reason()),
+            // A deferred reboot is cancelled once the installed system boots what the host booted.
+            reboot_deferred: crate::upgrade::reboot::settle(&state.history, &self.reboot_need())
+                == crate::model::Reboot::Deferred,
             next_poll: live
                 .next_poll
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())

@@ -129,6 +129,10 @@ async fn closure_diff_is_logged_before_activation() {
     assert_eq!(
         rig.calls(),
         [
+            // Fetch first, then the diff of two local closures.
+            format!(
+                "nix --extra-experimental-features nix-command build --no-link --log-format internal-json -v {target}"
+            ),
             format!(
                 "nix --extra-experimental-features nix-command --option substituters  store diff-closures {old} {target}"
             ),
@@ -147,10 +151,8 @@ async fn closure_diff_is_logged_before_activation() {
     rig.build(51);
     assert_eq!(rig.post(r#"{"build": 51}"#).await.0, 202);
     rig.wait_for_attempt(51).await;
-    assert!(
-        rig.logs()
-            .iter()
-            .any(|l| { l["build"] == 51 && l["message"] == "nix not found: closure diff skipped" })
-    );
-    assert_eq!(rig.calls().len(), 3);
+    assert!(rig.logs().iter().any(|l| {
+        l["build"] == 51 && l["message"] == "nix not found: fetch and closure diff skipped"
+    }));
+    assert_eq!(rig.calls().len(), 4);
 }

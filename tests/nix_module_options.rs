@@ -242,7 +242,8 @@ fn describe<'a>(expr: &'a str, name: &str) -> (String, &'a str) {
 
 /// lib.types puts a phrase other than a plain noun in parentheses inside another type.
 fn parenthesize(inner: &str) -> String {
-    if inner.contains(' ') || inner == "submodule" {
+    // lib.types.int is a noun ("signed integer"), so nullOr does not parenthesize it.
+    if (inner.contains(' ') && inner != "signed integer") || inner == "submodule" {
         format!("({inner})")
     } else {
         inner.to_string()

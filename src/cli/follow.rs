@@ -48,6 +48,10 @@ pub fn observe(status: &Value, build: u64, baseline: &Value) -> Progress {
     }
     if status["running"]["build"] == build {
         let phase = status["phase"].as_str().unwrap_or("?");
+        // A wait says what for, so a gate that changes shows as a new line.
+        if let Some(detail) = status["waiting"]["detail"].as_str() {
+            return Progress::Running(format!("{phase}: {detail}"));
+        }
         return Progress::Running(phase.to_owned());
     }
     if status["pending"]["build"] == build {
@@ -175,6 +179,12 @@ mod tests {
         assert_eq!(
             observe(&running, 7, &old),
             Progress::Running("activating".into())
+        );
+        let waiting = json!({"phase": "waiting", "running": {"build": 7}, "history": [old],
+            "waiting": {"reason": "window", "detail": "outside the activation window 02:00–04:00"}});
+        assert_eq!(
+            observe(&waiting, 7, &old),
+            Progress::Running("waiting: outside the activation window 02:00–04:00".into())
         );
         let done = json!({"history": [
             {"build": 8, "outcome": "upgraded"},

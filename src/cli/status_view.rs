@@ -103,6 +103,20 @@ pub fn describe(status: &Value, now: Timestamp) -> String {
     if let Some(waiting) = present(status, "waiting") {
         line("waiting", describe_waiting(waiting, now));
     }
+    if let Some(f) = present(status, "fetch") {
+        let mib = |v: &Value| v.as_u64().unwrap_or(0) / (1024 * 1024);
+        line(
+            "fetch",
+            format!(
+                "{}/{} paths, {}/{} MiB{}",
+                f["paths_done"],
+                f["paths_expected"],
+                mib(&f["bytes_done"]),
+                mib(&f["bytes_expected"]),
+                present(f, "current").map_or(String::new(), |c| format!("\n{}", text(c)))
+            ),
+        );
+    }
 
     let deployed = present(status, "deployed");
     line(
@@ -136,15 +150,19 @@ pub fn describe(status: &Value, now: Timestamp) -> String {
         present(status, "last_attempt").map_or("none".into(), |a| describe_attempt(a, &hydra, now)),
     );
     let deferred = present(status, "last_attempt").is_some_and(|a| a["reboot"] == "deferred");
+    let because = present(status, "reboot_needed_because").map(text);
     let reboot = match (
         deferred,
         status.get("reboot_needed") == Some(&Value::Bool(true)),
     ) {
-        (true, _) => "deferred to the reboot window",
-        (false, true) => "needed: the installed system boots another kernel, initrd or modules",
-        (false, false) => "not needed",
+        (true, true) => "deferred to the reboot window".to_owned(),
+        (_, true) => because.map_or(
+            "needed: the installed system boots another kernel, initrd or modules".to_owned(),
+            |b| format!("needed: {b}"),
+        ),
+        (_, false) => "not needed".to_owned(),
     };
-    line("reboot", reboot.into());
+    line("reboot", reboot);
     line(
         "last poll",
         describe_poll(present(status, "last_poll"), now),
@@ -322,7 +340,9 @@ mod tests {
                             "attempts": 3, "duration_ms": 40}]},
             "last_poll": {"at": "2026-01-01T06:37:12Z", "result": "no build newer than 4821"},
             "reboot_needed": true, "next_poll": "2026-01-01T11:40:12Z", "history": [],
-            "state_error": null
+            "state_error": null,
+            "fetch": {"target": path, "paths_done": 1, "paths_expected": 2,
+                "bytes_done": 31_457_280, "bytes_expected": 52_428_800, "current": path}
         });
         let text = describe(&status, now);
         for needle in [
@@ -339,6 +359,7 @@ mod tests {
             "last poll       3 min ago",
             "no build newer than 4821",
             "next poll       in 5 h",
+            "fetch           1/2 paths, 30/50 MiB",
         ] {
             assert!(text.contains(needle), "{needle:?} in\n{text}");
         }

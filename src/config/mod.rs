@@ -1,5 +1,7 @@
 //! The agent's TOML config file turned into validated `Settings` (SPEC §3).
 
+mod gates;
+mod gc;
 mod hooks;
 mod hydra;
 mod system;
@@ -12,6 +14,8 @@ use serde::Deserialize;
 
 use crate::health::HealthChecksConfig;
 
+pub use gates::{GateConfig, GateKind};
+pub use gc::GcConfig;
 pub use hooks::{Hook, HookError, HooksConfig};
 pub use hydra::HydraConfig;
 use hydra::check_name;
@@ -133,6 +137,13 @@ struct RawConfig {
     system: SystemConfig,
     #[serde(default)]
     hooks: HooksConfig,
+    // issue 14: switch only when it is safe and useful.
+    #[serde(default)]
+    activation_window: Option<TimeWindow>,
+    #[serde(default)]
+    gates: Vec<GateConfig>,
+    #[serde(default)]
+    gc: Option<GcConfig>,
 }
 
 /// Validated settings; every field has its final value.
@@ -163,6 +174,10 @@ pub struct Settings {
     pub health_checks: HealthChecksConfig,
     pub system: SystemConfig,
     pub hooks: HooksConfig,
+    /// Switch only inside it; fetching and boot-only activations happen any time.
+    pub activation_window: Option<TimeWindow>,
+    pub gates: Vec<GateConfig>,
+    pub gc: Option<GcConfig>,
 }
 
 fn default_operation() -> Operation {
@@ -294,6 +309,13 @@ impl Settings {
             .validate()
             .map_err(|e| named(e.to_string()))?;
         raw.hooks.validate().map_err(|e| named(e.to_string()))?;
+        gates::validate_all(&raw.gates).map_err(|m| invalid("gates", m))?;
+        if let Some(gc) = &raw.gc {
+            gc.validate().map_err(|m| invalid("gc", m))?;
+        }
+        raw.system
+            .validate_programs()
+            .map_err(|(key, m)| invalid(key, m))?;
 
         Ok(Settings {
             host,
@@ -320,6 +342,9 @@ impl Settings {
             health_checks: raw.health_checks,
             system: raw.system,
             hooks: raw.hooks,
+            activation_window: raw.activation_window,
+            gates: raw.gates,
+            gc: raw.gc,
         })
     }
 
@@ -468,6 +493,31 @@ mod tests {
         assert_eq!(s.dates, "04:40");
         assert!(s.persistent && !s.allow_reboot && !s.dry_run);
         assert_eq!(s.system.reboot_command, ["systemctl", "reboot"]);
+        assert!(s.activation_window.is_none() && s.gates.is_empty() && s.gc.is_none());
+    }
+
+    #[test]
+    fn issue_14_keys() {
+        let s = parse(&format!(
+            "host = \"web1\"\nactivation_window = {{ lower = \"22:00\", upper = \"04:00\" }}\n{MINIMAL}\
+             [[gates]]\nkind = \"no-sessions\"\n[[gates]]\nkind = \"command\"\nargv = [\"/bin/check\", \"-q\"]\nrecheck = \"1m\"\n\
+             [gc]\nkeep_generations = 5\n"
+        ))
+        .unwrap();
+        let window = s.activation_window.unwrap();
+        assert!(window.contains(TimeOfDay::parse("23:00").unwrap()));
+        assert_eq!(s.gates.len(), 2);
+        assert_eq!(s.gates[0].recheck, Duration::from_secs(300));
+        assert_eq!(s.gates[1].name(), "command /bin/check");
+        assert_eq!(s.gates[1].recheck, Duration::from_secs(60));
+        assert_eq!(
+            s.gc,
+            Some(GcConfig {
+                keep_generations: 5
+            })
+        );
+        assert_eq!(s.system.loginctl, "loginctl");
+        assert_eq!(s.system.nmcli, "nmcli");
     }
 
     #[test]
@@ -488,6 +538,22 @@ mod tests {
             ),
             ("host = \"a b\"\n", "host"),
             ("flags = [\"\"]\n", "flags"),
+            (
+                "activation_window = { lower = \"02:00\" }\n",
+                "activation_window",
+            ),
+            ("[[gates]]\nkind = \"command\"\n", "gates"),
+            (
+                "[[gates]]\nkind = \"no-sessions\"\nargv = [\"x\"]\n",
+                "gates",
+            ),
+            (
+                "[[gates]]\nkind = \"not-metered\"\nrecheck = \"0s\"\n",
+                "gates",
+            ),
+            ("[[gates]]\nkind = \"elsewhere\"\n", "elsewhere"),
+            ("[gc]\nkeep_generations = 0\n", "gc"),
+            ("[system]\nloginctl = \"\"\n", "system.loginctl"),
             (
                 "flags = [\"-L\", \"--profile-name\", \"x\"]\n",
                 "--profile-name is refused",

@@ -16,6 +16,15 @@ pub struct SystemConfig {
     pub systemctl: String,
     /// For the closure diff logged before activation (skipped when not found).
     pub nix: String,
+    /// Where a fetched target closure is read (its switch inhibitors); tests point it elsewhere.
+    pub store_dir: PathBuf,
+    /// For the `no-sessions` gate.
+    pub loginctl: String,
+    /// For the `not-metered` gate.
+    pub nmcli: String,
+    /// For `[gc]`: deleting old system generations, then collecting garbage.
+    pub nix_env: String,
+    pub nix_store: String,
     /// The agent's own unit: a switch that changes `etc/systemd/system/<unit>` makes it exit 0
     /// so systemd starts the new version.
     pub unit: String,
@@ -35,7 +44,29 @@ impl Default for SystemConfig {
             systemctl: "systemctl".into(),
             nix: "nix".into(),
             unit: "nixos-hydra-upgrade.service".into(),
+            store_dir: "/nix/store".into(),
+            loginctl: "loginctl".into(),
+            nmcli: "nmcli".into(),
+            nix_env: "nix-env".into(),
+            nix_store: "nix-store".into(),
             switch_lock: "/run/nixos/switch-to-configuration.lock".into(),
         }
+    }
+}
+
+impl SystemConfig {
+    /// The programs added for issue 14 must name something.
+    pub fn validate_programs(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("system.loginctl", &self.loginctl),
+            ("system.nmcli", &self.nmcli),
+            ("system.nix_env", &self.nix_env),
+            ("system.nix_store", &self.nix_store),
+        ] {
+            if value.is_empty() {
+                return Err((key, "must not be empty".into()));
+            }
+        }
+        Ok(())
     }
 }

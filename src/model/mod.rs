@@ -6,7 +6,7 @@ mod store_path;
 mod target;
 
 pub use attempt::{Attempt, CheckResult, Deployed, InFlight, Outcome, Reboot, now};
-pub use phase::{Phase, Verdict, Waiting, WaitingFor};
+pub use phase::{FetchProgress, Phase, Verdict, Waiting, WaitingFor};
 pub use store_path::{FlakeRef, StorePath, ValueError};
 pub use target::{Job, Source, Target};
 

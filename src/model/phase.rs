@@ -89,6 +89,19 @@ pub struct Waiting {
     pub until: Timestamp,
 }
 
+/// How far fetching the target closure is (`/v1/status` `fetch`, while phase `fetching`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FetchProgress {
+    pub target: String,
+    pub paths_done: u64,
+    pub paths_expected: u64,
+    /// NAR bytes copied into the store so far, and in all.
+    pub bytes_done: u64,
+    pub bytes_expected: u64,
+    /// The path most recently started.
+    pub current: Option<String>,
+}
+
 /// What a condition on activation (window, gate, rollout wave) says now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -1,7 +1,8 @@
 //! The nixos-rebuild (and reboot) command lines of SPEC §6, as data, and the sequence that runs them.
 
-use crate::config::{Activation, Operation, Settings};
+use crate::config::{Activation, Operation, Settings, TimeOfDay};
 
+use super::inhibitors::{self, Change};
 use super::reboot::{self, Plan};
 use super::runner::{CommandRunner, RunError};
 use crate::model::{Phase, Reboot, Target};
@@ -45,14 +46,39 @@ pub struct Activated {
     pub live: bool,
 }
 
+/// What the activation must take into account beyond the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conditions {
+    /// Switch inhibitors that differ between the running system and the target.
+    pub inhibitors: Vec<Change>,
+    /// The local time of day, for the reboot window.
+    pub now: TimeOfDay,
+}
+
+impl Conditions {
+    /// Whether the activation installs for the next boot only (so the activation window does
+    /// not apply to it).
+    pub fn boot_only(&self, settings: &Settings) -> bool {
+        !inhibitors::effective_operation(settings.operation, &self.inhibitors).is_live()
+    }
+}
+
 /// Runs the commands of SPEC §6 for `target`.
 pub async fn activate(
     settings: &Settings,
     runner: &CommandRunner,
     target: &Target,
+    conditions: &Conditions,
     set_phase: impl Fn(Phase),
 ) -> Result<Activated, RunError> {
-    let operation = settings.operation;
+    let operation = inhibitors::effective_operation(settings.operation, &conditions.inhibitors);
+    let inhibited = operation != settings.operation;
+    if inhibited {
+        tracing::warn!(
+            inhibitors = %inhibitors::describe(&conditions.inhibitors),
+            "switch inhibitors changed: installing for the next boot instead of switching"
+        );
+    }
     if !settings.allow_reboot {
         runner
             .run(&rebuild_argv(settings, operation, target))
@@ -68,8 +94,13 @@ pub async fn activate(
     let differ = reboot::boot_files_differ(
         &settings.system.booted_system,
         &settings.system.system_profile,
-    );
-    match reboot::plan(differ, settings.reboot_window, reboot::local_time_of_day()) {
+    ) || inhibited;
+    let why = if inhibited {
+        "switch inhibitors changed"
+    } else {
+        "kernel, initrd or modules changed"
+    };
+    match reboot::plan(differ, settings.reboot_window, conditions.now) {
         Plan::NoReboot if operation.is_live() => {
             runner
                 .run(&rebuild_argv(settings, operation, target))
@@ -84,7 +115,7 @@ pub async fn activate(
             live: false,
         }),
         Plan::RebootNow => {
-            tracing::info!("kernel, initrd or modules changed: rebooting");
+            tracing::info!("{why}: rebooting");
             set_phase(Phase::Rebooting);
             runner.run(&settings.system.reboot_command).await?;
             Ok(Activated {
@@ -93,9 +124,7 @@ pub async fn activate(
             })
         }
         Plan::Defer => {
-            tracing::info!(
-                "kernel, initrd or modules changed: reboot deferred to the reboot window"
-            );
+            tracing::info!("{why}: reboot deferred to the reboot window");
             Ok(Activated {
                 reboot: Reboot::Deferred,
                 live: false,

@@ -1,14 +1,15 @@
-//! One attempt as explicit steps: pre-check → diff → wait → activate → settle → post-check →
-//! roll back → record. Each step is small; a step that ends the attempt says how (`Stop`).
+//! One attempt as explicit steps: pre-check → gates → fetch and diff → wait → activate → settle →
+//! post-check → roll back → record (→ clean-up). Each step is small; a step that ends the attempt says how (`Stop`).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::model::{Attempt, CheckResult, InFlight, Job, Outcome, Phase, Reboot, now};
 use crate::upgrade::activate::{self, Activated};
 use crate::upgrade::runner::{CommandRunner, RunError};
 use crate::upgrade::wait::Waited;
-use crate::upgrade::{Worker, closure_diff, rollback, self_update, wait};
+use crate::upgrade::{Worker, fetch, gc, inhibitors, reboot, rollback, self_update, wait};
 
 /// How an attempt left the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub struct Attempting<'a> {
     live: bool,
     /// switch-to-configuration's exit 4: switched, but some units failed to start.
     units_failed: bool,
+    /// Switch inhibitors that differ between the running system and the fetched target.
+    inhibitors: Vec<inhibitors::Change>,
 }
 
 /// Runs `job` from pre-checks to the record.
@@ -96,6 +99,7 @@ impl<'a> Attempting<'a> {
             previous_system: crate::host::resolved(&settings.system.current_system),
             live: false,
             units_failed: false,
+            inhibitors: Vec::new(),
         }
     }
 
@@ -120,8 +124,8 @@ impl<'a> Attempting<'a> {
         attempt
     }
 
-    /// Pre-checks, the nothing-to-do test, the closure diff and the wait; false when the host
-    /// already runs the target (outcome `current`).
+    /// Pre-checks, the nothing-to-do test, the gates, the fetch and closure diff, the switch
+    /// inhibitors and the wait; false when the host already runs the target (outcome `current`).
     async fn before_activation(&mut self, job: &Job) -> Result<bool, Stop> {
         self.pre_check().await?;
         if self.host_runs(job) {
@@ -129,13 +133,11 @@ impl<'a> Attempting<'a> {
             self.record.outcome = Outcome::Current;
             return Ok(false);
         }
-        closure_diff::log(
-            &self.worker.settings,
-            &self.runner,
-            job.target.path.as_str(),
-        )
-        .await;
-        if self.wait(job).await? == Waited::Some {
+        // A closed gate (a metered link, a user logged in) holds back the download too.
+        let gated = wait::until_open_before_fetch(self.worker, job).await?;
+        self.fetch(job).await?;
+        self.inhibitors = self.changed_inhibitors(job);
+        if self.wait(job).await? == Waited::Some || gated == Waited::Some {
             // Hours may have passed: the host's health is judged again just before activating.
             self.pre_check().await?;
         }
@@ -170,6 +172,34 @@ impl<'a> Attempting<'a> {
         on_host.as_deref() == Some(job.target.path.as_str())
     }
 
+    /// Step: realise the target closure into the local store (phase `fetching`, progress in the
+    /// status), then log the closure diff; a failed fetch ends the attempt `failed` (retried at
+    /// the next poll or notification).
+    async fn fetch(&mut self, job: &Job) -> Result<(), Stop> {
+        self.phase(Phase::Fetching);
+        let progress = self.worker.progress.clone();
+        let report: fetch::Report = Arc::new(move |p| progress.set_fetch(p));
+        let settings = &self.worker.settings;
+        let target = job.target.path.as_str();
+        match fetch::fetch_and_diff(settings, &self.runner, target, &report).await {
+            Ok(()) => Ok(()),
+            Err(_) if self.worker.shutdown.is_cancelled() => Err(Stop::Shutdown),
+            Err(e) => Err(Stop::Outcome(Outcome::Failed, e.to_string())),
+        }
+    }
+
+    /// Step: the switch inhibitors of the fetched target against the running system's.
+    fn changed_inhibitors(&self, job: &Job) -> Vec<inhibitors::Change> {
+        let system = &self.worker.settings.system;
+        if self.worker.settings.dry_run {
+            return Vec::new();
+        }
+        let name = Path::new(job.target.path.as_str())
+            .file_name()
+            .unwrap_or_default();
+        inhibitors::compare(&system.current_system, &system.store_dir.join(name))
+    }
+
     /// Step: hold the attempt in `waiting` while a window, gate or wave says not yet.
     async fn wait(&mut self, job: &Job) -> Result<Waited, Stop> {
         wait::until_open(self.worker, job).await
@@ -184,7 +214,7 @@ impl<'a> Attempting<'a> {
             source: job.source,
             started_at: self.record.started_at,
             previous_system: self.previous_system.clone(),
-            live: settings.operation.is_live(),
+            live: inhibitors::effective_operation(settings.operation, &self.inhibitors).is_live(),
         };
         if !settings.dry_run
             && let Err(e) = self.worker.ledger.begin_activation(marker).await
@@ -196,7 +226,11 @@ impl<'a> Attempting<'a> {
         }
         self.phase(Phase::Activating);
         let progress = &self.worker.progress;
-        match activate::activate(settings, &self.runner, &job.target, |p| {
+        let conditions = activate::Conditions {
+            inhibitors: self.inhibitors.clone(),
+            now: reboot::local_time_of_day(),
+        };
+        match activate::activate(settings, &self.runner, &job.target, &conditions, |p| {
             progress.set_phase(p)
         })
         .await
@@ -315,11 +349,18 @@ impl<'a> Attempting<'a> {
         }
         worker.metrics.attempt_finished(&record);
         worker.hooks.after_attempt(&record);
+        let upgraded = record.outcome == Outcome::Upgraded;
         if let Err(e) = worker.ledger.finish(record).await {
             tracing::error!(error = %e, "cannot save the attempt");
         }
-        // Compared after any rollback: a system rolled back to runs the old unit again.
         let settings = &worker.settings;
+        if let Some(gc) = settings.gc.filter(|_| upgraded && !settings.dry_run) {
+            gc::collect(&gc, &settings.system, &self.runner).await;
+        }
+        let history = worker.ledger.snapshot().history;
+        let was_deferred = reboot::deferred_in(history.iter().skip(1));
+        reboot::recompute(&settings.system, &history, was_deferred);
+        // Compared after any rollback: a system rolled back to runs the old unit again.
         let replaced = self.live
             && !settings.dry_run
             && self_update::own_unit_changed(

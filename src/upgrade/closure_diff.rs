@@ -1,5 +1,5 @@
-//! Before activating, logs what changes: `nix store diff-closures <current> <target>`, when nix is
-//! there and this is no dry run; a note otherwise. Never fails the attempt.
+//! Before activating, logs what changes: `nix store diff-closures <current> <target>`, once the
+//! target is fetched and this is no dry run; a note otherwise. Never fails the attempt.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,7 +8,7 @@ use crate::config::Settings;
 use crate::host::resolve_link;
 use crate::upgrade::runner::CommandRunner;
 
-/// A diff that takes longer (fetching a large closure) is cut off; activation fetches the rest.
+/// Both closures are local by now; a diff that takes longer than this is cut off.
 const DIFF_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The `nix` program to run: a path as given, or a bare name looked up on `PATH`.
@@ -29,7 +29,7 @@ pub fn diff_argv(nix: &Path, current: &str, target: &str) -> Vec<String> {
         nix.display().to_string(),
         "--extra-experimental-features".into(),
         "nix-command".into(),
-        // Only a log aid: never download for it (nixos-rebuild fetches what it needs).
+        // Only a log aid: never download for it (the fetch step brought the target in).
         "--option".into(),
         "substituters".into(),
         String::new(),
@@ -40,8 +40,9 @@ pub fn diff_argv(nix: &Path, current: &str, target: &str) -> Vec<String> {
     ]
 }
 
-/// Logs the closure diff from the running system to `target` (its output, line by line).
-pub async fn log(settings: &Settings, runner: &CommandRunner, target: &str) {
+/// Logs the closure diff from the running system to `target` (its output, line by line); `nix`
+/// is the program the fetch step found.
+pub async fn log(settings: &Settings, runner: &CommandRunner, nix: &Path, target: &str) {
     if settings.dry_run {
         tracing::info!("dry run: closure diff skipped");
         return;
@@ -54,18 +55,13 @@ pub async fn log(settings: &Settings, runner: &CommandRunner, target: &str) {
     if current == target {
         return;
     }
-    let path_var = std::env::var("PATH").ok();
-    let Some(nix) = find_program(&settings.system.nix, path_var.as_deref()) else {
-        tracing::info!(nix = %settings.system.nix, "nix not found: closure diff skipped");
-        return;
-    };
     tracing::info!(from = %current, to = %target, "closure diff");
     let runner = CommandRunner {
         timeout: DIFF_TIMEOUT.min(settings.activation_timeout),
         ..runner.clone()
     };
-    if let Err(e) = runner.run(&diff_argv(&nix, &current, target)).await {
-        tracing::info!(error = %e, "no closure diff (target not in the local store yet?); activating anyway");
+    if let Err(e) = runner.run(&diff_argv(nix, &current, target)).await {
+        tracing::info!(error = %e, "no closure diff; activating anyway");
     }
 }
 

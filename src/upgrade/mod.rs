@@ -4,12 +4,17 @@
 pub mod activate;
 pub mod attempt;
 pub mod closure_diff;
+pub mod fetch;
+pub mod gates;
+pub mod gc;
+pub mod inhibitors;
 pub mod reboot;
 pub mod rollback;
 pub mod runner;
 pub mod self_update;
 pub mod settle;
 pub mod wait;
+pub mod window;
 
 use std::sync::Arc;
 
@@ -40,6 +45,13 @@ impl Worker {
     /// Settles an interrupted attempt, then takes jobs until shutdown. An attempt cut short by
     /// shutdown stays in flight (or queued) for the next start.
     pub async fn run(self) {
+        // Whether a reboot is needed (or a deferred one was cancelled meanwhile), from the host.
+        let history = self.ledger.snapshot().history;
+        reboot::recompute(
+            &self.settings.system,
+            &history,
+            reboot::deferred_in(&history),
+        );
         if let Some(flight) = self.ledger.snapshot().in_flight {
             let span = tracing::info_span!("attempt", build = flight.build);
             self.progress.set_build(Some(flight.build));

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{TimeOfDay, TimeWindow};
+use crate::config::{SystemConfig, TimeOfDay, TimeWindow};
+use crate::model::{Attempt, Outcome, Reboot};
+use crate::upgrade::inhibitors;
 
 /// The boot-critical parts of a system closure (as nixpkgs' system.autoUpgrade compares them).
 const BOOT_FILES: [&str; 3] = ["initrd", "kernel", "kernel-modules"];
@@ -26,6 +28,99 @@ pub fn boot_files_differ(booted_system: &Path, system_profile: &Path) -> bool {
     BOOT_FILES
         .iter()
         .any(|name| resolve(booted_system, name) != resolve(system_profile, name))
+}
+
+/// The boot files that resolve differently under the booted system and the new profile.
+pub fn differing_boot_files(booted_system: &Path, system_profile: &Path) -> Vec<&'static str> {
+    let resolve = |root: &Path, name: &str| -> Option<PathBuf> {
+        std::fs::canonicalize(root.join(name)).ok()
+    };
+    BOOT_FILES
+        .into_iter()
+        .filter(|name| resolve(booted_system, name) != resolve(system_profile, name))
+        .collect()
+}
+
+/// Whether the host needs a reboot to run its installed system, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebootNeed {
+    /// Kernel, initrd or modules differ between the booted system and the profile.
+    pub boot_files: Vec<&'static str>,
+    /// Switch inhibitors differ between the running system and the profile (it was installed
+    /// for the next boot because a live switch would be refused).
+    pub inhibitors: Vec<inhibitors::Change>,
+}
+
+impl RebootNeed {
+    /// Read from the host now (at start and after every attempt).
+    pub fn of_host(system: &SystemConfig) -> RebootNeed {
+        RebootNeed {
+            boot_files: differing_boot_files(&system.booted_system, &system.system_profile),
+            inhibitors: inhibitors::compare(&system.current_system, &system.system_profile),
+        }
+    }
+
+    pub fn needed(&self) -> bool {
+        !self.boot_files.is_empty() || !self.inhibitors.is_empty()
+    }
+
+    /// "kernel, initrd; switch inhibitors (systemd: a -> b)", or "" when none is needed.
+    pub fn why(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.boot_files.is_empty() {
+            parts.push(self.boot_files.join(", "));
+        }
+        if !self.inhibitors.is_empty() {
+            parts.push(format!(
+                "switch inhibitors ({})",
+                inhibitors::describe(&self.inhibitors)
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Whether the newest upgrade in `history` (newest first) deferred its reboot.
+pub fn deferred_in<'a>(history: impl IntoIterator<Item = &'a Attempt>) -> bool {
+    history
+        .into_iter()
+        .find(|a| a.outcome == Outcome::Upgraded)
+        .is_some_and(|a| a.reboot == Reboot::Deferred)
+}
+
+/// The reboot state now: a deferred reboot stands while the newest upgrade deferred it and the
+/// host still needs it; it is cancelled once an activation made the boot files (and switch
+/// inhibitors) equal to what the host runs again.
+pub fn settle<'a>(history: impl IntoIterator<Item = &'a Attempt>, need: &RebootNeed) -> Reboot {
+    if deferred_in(history) && need.needed() {
+        Reboot::Deferred
+    } else {
+        Reboot::None
+    }
+}
+
+/// `settle` from the host now, logged: at start and after every attempt. `was_deferred`: a
+/// reboot was deferred before (so its cancellation is worth a line).
+pub fn recompute<'a>(
+    system: &SystemConfig,
+    history: impl IntoIterator<Item = &'a Attempt>,
+    was_deferred: bool,
+) -> (RebootNeed, Reboot) {
+    let need = RebootNeed::of_host(system);
+    let history: Vec<&Attempt> = history.into_iter().collect();
+    let reboot = settle(history.iter().copied(), &need);
+    let rebooting = history
+        .first()
+        .is_some_and(|a| a.reboot == Reboot::Scheduled);
+    if was_deferred && reboot == Reboot::None && !rebooting {
+        tracing::info!(
+            "deferred reboot cancelled: the installed system boots what the host booted"
+        );
+    }
+    if need.needed() {
+        tracing::info!(because = %need.why(), deferred = reboot == Reboot::Deferred, "reboot needed");
+    }
+    (need, reboot)
 }
 
 pub fn plan(differ: bool, window: Option<TimeWindow>, now: TimeOfDay) -> Plan {
@@ -82,6 +177,37 @@ mod tests {
     }
 
     #[test]
+    fn a_deferred_reboot_stands_only_while_needed() {
+        let attempt = |reboot| Attempt {
+            build: 1,
+            path: None,
+            source: crate::model::Source::Hydra,
+            outcome: crate::model::Outcome::Upgraded,
+            reboot,
+            error: None,
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            finished_at: jiff::Timestamp::UNIX_EPOCH,
+            checks: Vec::new(),
+        };
+        let needed = RebootNeed {
+            boot_files: vec!["kernel"],
+            inhibitors: Vec::new(),
+        };
+        let deferred = attempt(Reboot::Deferred);
+        let failed = Attempt {
+            outcome: crate::model::Outcome::Failed,
+            ..attempt(Reboot::None)
+        };
+        assert_eq!(settle([&deferred], &needed), Reboot::Deferred);
+        assert_eq!(settle([&failed, &deferred], &needed), Reboot::Deferred);
+        assert_eq!(settle([&deferred], &RebootNeed::default()), Reboot::None);
+        let later = attempt(Reboot::None);
+        assert_eq!(settle([&later, &deferred], &needed), Reboot::None);
+        assert_eq!(settle([], &needed), Reboot::None);
+        assert_eq!(needed.why(), "kernel");
+    }
+
+    #[test]
     fn compares_resolved_boot_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
@@ -102,5 +228,7 @@ mod tests {
         assert!(!boot_files_differ(&booted, &same));
         assert!(boot_files_differ(&booted, &newer));
         assert!(boot_files_differ(&booted, &dir.path().join("missing")));
+        assert_eq!(differing_boot_files(&booted, &newer), ["kernel"]);
+        assert!(differing_boot_files(&booted, &same).is_empty());
     }
 }

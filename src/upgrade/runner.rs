@@ -2,6 +2,7 @@
 //! group when it outlives its timeout or the agent stops.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -30,6 +31,9 @@ pub enum RunError {
     Cancelled { program: String },
 }
 
+/// Sees each output line (stdout and stderr alike); returns whether the line is still logged.
+pub type LineObserver = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 #[derive(Clone)]
 pub struct CommandRunner {
     pub timeout: Duration,
@@ -48,6 +52,17 @@ impl CommandRunner {
         &self,
         argv: &[String],
         env: &[(String, String)],
+    ) -> Result<(), RunError> {
+        self.run_observed(argv, env, None).await
+    }
+
+    /// `run_with_env`, handing each output line to `observer` first (nix's progress, a gate's
+    /// answer); lines it declines are not logged.
+    pub async fn run_observed(
+        &self,
+        argv: &[String],
+        env: &[(String, String)],
+        observer: Option<LineObserver>,
     ) -> Result<(), RunError> {
         let Some((program, args)) = argv.split_first() else {
             return Err(RunError::Spawn {
@@ -83,8 +98,14 @@ impl CommandRunner {
             .and_then(|id| i32::try_from(id).ok())
             .map(Pid::from_raw);
         let readers = [
-            child.stdout.take().map(|s| spawn_logger(s, "stdout")),
-            child.stderr.take().map(|s| spawn_logger(s, "stderr")),
+            child
+                .stdout
+                .take()
+                .map(|s| spawn_logger(s, "stdout", observer.clone())),
+            child
+                .stderr
+                .take()
+                .map(|s| spawn_logger(s, "stderr", observer.clone())),
         ];
         let result = tokio::select! {
             status = child.wait() => match status {
@@ -150,12 +171,17 @@ async fn stop_group(group: Option<Pid>, child: &mut tokio::process::Child) {
 fn spawn_logger(
     stream: impl AsyncRead + Unpin + Send + 'static,
     name: &'static str,
+    observer: Option<LineObserver>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(log_lines(stream, name).instrument(tracing::Span::current()))
+    tokio::spawn(log_lines(stream, name, observer).instrument(tracing::Span::current()))
 }
 
-/// Logs each line of `stream`, cutting lines at `MAX_LINE` bytes.
-async fn log_lines(mut stream: impl AsyncRead + Unpin, name: &'static str) {
+/// Logs each line of `stream` (unless the observer takes it), cutting lines at `MAX_LINE` bytes.
+async fn log_lines(
+    mut stream: impl AsyncRead + Unpin,
+    name: &'static str,
+    observer: Option<LineObserver>,
+) {
     let mut buffer = vec![0u8; 4096];
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
@@ -166,7 +192,7 @@ async fn log_lines(mut stream: impl AsyncRead + Unpin, name: &'static str) {
         };
         for &byte in buffer.iter().take(n) {
             if byte == b'\n' {
-                emit(name, &line, cut);
+                emit(name, &line, cut, observer.as_ref());
                 line.clear();
                 cut = false;
             } else if line.len() < MAX_LINE {
@@ -177,13 +203,16 @@ async fn log_lines(mut stream: impl AsyncRead + Unpin, name: &'static str) {
         }
     }
     if !line.is_empty() {
-        emit(name, &line, cut);
+        emit(name, &line, cut, observer.as_ref());
     }
 }
 
-fn emit(stream: &'static str, line: &[u8], cut: bool) {
+fn emit(stream: &'static str, line: &[u8], cut: bool, observer: Option<&LineObserver>) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
+    if observer.is_some_and(|see| !see(text)) {
+        return;
+    }
     if cut {
         tracing::info!(stream, truncated = true, "{text}");
     } else {
@@ -246,6 +275,27 @@ mod tests {
             !marker.exists(),
             "the backgrounded grandchild must die with the group"
         );
+    }
+
+    #[tokio::test]
+    async fn observer_sees_every_line_of_both_streams() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let observer: LineObserver = Arc::new(move |line: &str| {
+            sink.lock().unwrap().push(line.to_owned());
+            false
+        });
+        runner(Duration::from_secs(10))
+            .run_observed(
+                &argv(&["sh", "-c", "echo one; echo two >&2; printf three"]),
+                &[],
+                Some(observer),
+            )
+            .await
+            .unwrap();
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, ["one", "three", "two"]);
     }
 
     #[tokio::test]

@@ -19,6 +19,11 @@ pub trait Condition: Send + Sync {
     fn timeout(&self) -> Option<Duration> {
         None
     }
+
+    /// Whether it also holds back fetching (a metered link must not download the closure).
+    fn before_fetch(&self) -> bool {
+        false
+    }
 }
 
 /// Whether the attempt had to wait (its pre-checks are then run again).
@@ -30,9 +35,22 @@ pub enum Waited {
 
 /// Returns once every condition is open; `Stop` on shutdown, a newer job, or a timeout.
 pub async fn until_open(worker: &Worker, job: &Job) -> Result<Waited, Stop> {
+    until_open_where(worker, job, |_| true).await
+}
+
+/// `until_open` for the conditions that hold back fetching too (issue 14's gates).
+pub async fn until_open_before_fetch(worker: &Worker, job: &Job) -> Result<Waited, Stop> {
+    until_open_where(worker, job, |c| c.before_fetch()).await
+}
+
+async fn until_open_where(
+    worker: &Worker,
+    job: &Job,
+    keep: fn(&dyn Condition) -> bool,
+) -> Result<Waited, Stop> {
     let mut waited = Waited::No;
     loop {
-        let Some((condition, verdict)) = first_closed(&worker.conditions, job).await else {
+        let Some((condition, verdict)) = first_closed(&worker.conditions, job, keep).await else {
             return Ok(waited);
         };
         let Verdict::Closed {
@@ -82,8 +100,9 @@ pub async fn until_open(worker: &Worker, job: &Job) -> Result<Waited, Stop> {
 async fn first_closed<'a>(
     conditions: &'a [Box<dyn Condition>],
     job: &Job,
+    keep: fn(&dyn Condition) -> bool,
 ) -> Option<(&'a dyn Condition, Verdict)> {
-    for condition in conditions {
+    for condition in conditions.iter().filter(|c| keep(c.as_ref())) {
         let verdict = condition.check(job, Timestamp::now()).await;
         if verdict != Verdict::Open {
             return Some((condition.as_ref(), verdict));
