@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Listen, Settings};
-use crate::http::{self, Listener};
+use crate::config::Settings;
+use crate::http;
 use crate::hydra::{HydraClient, HydraError};
 use crate::ledger::{Loaded, StateError, StateStore};
 use crate::metrics::Metrics;
@@ -131,7 +131,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
     }
     upgrade::settle_interrupted(&agent);
     tokio::spawn(crate::recovery::learn(agent.clone()));
-    let listener = bind(&agent.settings.listen).await?;
+    let listener = http::listen::bind(&agent.settings.listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            listen: agent.settings.listen.to_string(),
+            source,
+        })?;
     let address = listener.describe();
     let server = tokio::spawn(http::serve(
         listener,
@@ -199,29 +204,6 @@ fn flatten(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Resul
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(AppError::Serve(e)),
         Err(e) => Err(AppError::Serve(std::io::Error::other(e))),
-    }
-}
-
-async fn bind(listen: &Listen) -> Result<Listener, AppError> {
-    let bind_error = |source| AppError::Bind {
-        listen: listen.to_string(),
-        source,
-    };
-    match listen {
-        Listen::Tcp(address) => tokio::net::TcpListener::bind(address.as_str())
-            .await
-            .map(Listener::Tcp)
-            .map_err(bind_error),
-        Listen::Unix(path) => {
-            use std::os::unix::fs::FileTypeExt;
-            // A socket left by a previous run would make bind fail; anything else is not ours to remove.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                let _ = std::fs::remove_file(path);
-            }
-            tokio::net::UnixListener::bind(path)
-                .map(Listener::Unix)
-                .map_err(bind_error)
-        }
     }
 }
 

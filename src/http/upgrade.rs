@@ -85,7 +85,16 @@ async fn answer(agent: &Agent, headers: &HeaderMap, body: Body) -> Answer {
     let answer = match parse_body(&bytes) {
         Err(reason) => Answer::Invalid(reason),
         Ok(Parsed::Ignore(reason)) => Answer::Ignored(reason),
-        Ok(Parsed::Request(request)) => intake(agent, request).await.into(),
+        // Bounded as a whole: each Hydra call has hydra.timeout, but there may be four.
+        Ok(Parsed::Request(request)) => {
+            match tokio::time::timeout(super::INTAKE_BUDGET, intake(agent, request)).await {
+                Ok(intake) => intake.into(),
+                Err(_) => Answer::Unavailable(format!(
+                    "hydra unavailable: its answers took over {} s in total",
+                    super::INTAKE_BUDGET.as_secs()
+                )),
+            }
+        }
     };
     if answer.status().is_success() {
         agent.replay.remember(id, now);
