@@ -21,7 +21,14 @@ pub enum KeyError {
     Malformed { line: usize },
     #[error("secret file holds no key")]
     Empty,
+    #[error(
+        "secret file line {line}: the key has {bytes} bytes, fewer than {MIN_KEY_BYTES}; make one with: printf 'whsec_%s\\n' \"$(head -c 32 /dev/urandom | base64)\""
+    )]
+    TooShort { line: usize, bytes: usize },
 }
+
+/// Keys shorter than this are refused: an HMAC key is only as strong as its length.
+pub const MIN_KEY_BYTES: usize = 16;
 
 /// Why a request's signature was not accepted; every variant answers 401.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,6 +66,12 @@ impl Keys {
                 .and_then(|b64| STANDARD.decode(b64).ok())
                 .filter(|k| !k.is_empty())
                 .ok_or(KeyError::Malformed { line: index + 1 })?;
+            if key.len() < MIN_KEY_BYTES {
+                return Err(KeyError::TooShort {
+                    line: index + 1,
+                    bytes: key.len(),
+                });
+            }
             keys.push(key);
         }
         if keys.is_empty() {
@@ -72,6 +85,7 @@ impl Keys {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
+        warn_if_shared(path, "secret_file");
         Keys::parse(&text)
     }
 
@@ -142,6 +156,20 @@ impl Keys {
         } else {
             Err(VerifyError::NoMatch)
         }
+    }
+}
+
+/// Warns (with its path) when a file holding a secret can be read by group or others.
+pub fn warn_if_shared(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{:o}", meta.permissions().mode() & 0o777),
+            "{what} is readable by group or others; chmod 600 it (or use LoadCredential)"
+        );
     }
 }
 
@@ -350,6 +378,17 @@ mod tests {
             KeyError::Malformed { line: 2 }
         );
         assert!(!format!("{:?}", Keys::parse(SECRET).unwrap()).contains("C2FV"));
+        // 15 bytes refused, 16 accepted.
+        let key = |n: usize| format!("whsec_{}\n", STANDARD.encode(vec![7u8; n]));
+        assert_eq!(
+            Keys::parse(&key(1)).unwrap_err(),
+            KeyError::TooShort { line: 1, bytes: 1 }
+        );
+        assert_eq!(
+            Keys::parse(&format!("{SECRET}\n{}", key(15))).unwrap_err(),
+            KeyError::TooShort { line: 2, bytes: 15 }
+        );
+        assert!(Keys::parse(&key(16)).is_ok());
     }
 
     #[test]

@@ -49,7 +49,14 @@ pub struct HydraClient {
 
 impl HydraClient {
     pub fn new(settings: &Settings) -> Result<HydraClient, HydraError> {
+        let mut headers = header::HeaderMap::new();
+        if let Some(path) = &settings.hydra_credentials_file {
+            let credentials =
+                crate::config::HydraCredentials::load(path).map_err(HydraError::Unavailable)?;
+            headers.insert(header::AUTHORIZATION, basic_auth(&credentials));
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.hydra_timeout)
             .connect_timeout(settings.hydra_timeout.min(Duration::from_secs(5)))
@@ -214,6 +221,18 @@ impl HydraClient {
         serde_json::from_slice(&body)
             .map_err(|e| HydraError::Unavailable(format!("{what}: unusable JSON: {e}")))
     }
+}
+
+/// `Authorization: Basic …`, marked sensitive so no debug output of the client shows it.
+fn basic_auth(credentials: &crate::config::HydraCredentials) -> header::HeaderValue {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", credentials.user, credentials.password));
+    // Base64 is always a valid header value; the fallback is never taken.
+    let mut value = header::HeaderValue::from_str(&format!("Basic {token}"))
+        .unwrap_or_else(|_| header::HeaderValue::from_static("Basic"));
+    value.set_sensitive(true);
+    value
 }
 
 async fn read_capped(mut response: reqwest::Response, what: &str) -> Result<Vec<u8>, HydraError> {
