@@ -16,6 +16,19 @@ use crate::ledger::PersistedState;
 use crate::model::{Attempt, Outcome, Phase, Reboot};
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The `status` values of SPEC §4's answers, the labels of the notifications counter.
+const NOTIFICATION_STATUSES: [&str; 9] = [
+    "queued",
+    "current",
+    "duplicate",
+    "ignored",
+    "invalid",
+    "unauthorized",
+    "refused",
+    "rejected",
+    "unavailable",
+];
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn hydra_histogram() -> Histogram {
@@ -86,6 +99,9 @@ pub struct Metrics {
     pub hydra: HydraMetrics,
     attempts: Family<Labels, Counter>,
     notifications: Family<Labels, Counter>,
+    /// Handles into `notifications` by status, made on first use: a refusal then costs one
+    /// atomic add, not a label vector, a hash and a lock.
+    notification_handles: [std::sync::OnceLock<Counter>; NOTIFICATION_STATUSES.len()],
     hooks: Family<Labels, Counter>,
     last_finish: Family<Labels, FloatGauge>,
     last_outcome: Family<Labels, Gauge>,
@@ -124,6 +140,7 @@ impl Metrics {
             },
             attempts: Family::default(),
             notifications: Family::default(),
+            notification_handles: Default::default(),
             hooks: Family::default(),
             last_finish: Family::default(),
             last_outcome: Family::default(),
@@ -308,9 +325,15 @@ impl Metrics {
     }
 
     pub fn notification(&self, status: &'static str) {
-        self.notifications
-            .get_or_create(&vec![("status", status.into())])
-            .inc();
+        let family = || {
+            self.notifications
+                .get_or_create(&vec![("status", status.into())])
+                .clone()
+        };
+        match NOTIFICATION_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.notification_handles[i].get_or_init(family).inc(),
+            None => family().inc(),
+        };
     }
 
     /// The hook counter, for the background task that runs hooks.

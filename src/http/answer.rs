@@ -87,9 +87,34 @@ impl From<Intake> for Answer {
     }
 }
 
+/// The common shape, serialized straight from borrowed fields (no `Value` tree per answer).
+#[derive(serde::Serialize)]
+struct Reasoned<'a> {
+    status: &'static str,
+    reason: &'a str,
+}
+
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        let mut response = (self.status(), Json(self.body())).into_response();
+        let reason = match &self {
+            Answer::Ignored(reason)
+            | Answer::Invalid(reason)
+            | Answer::Unauthorized(reason)
+            | Answer::Refused(reason)
+            | Answer::Rejected(reason)
+            | Answer::Unavailable(reason) => Some(reason.as_str()),
+            _ => None,
+        };
+        let mut response = match reason {
+            Some(reason) => {
+                let body = Reasoned {
+                    status: self.label(),
+                    reason,
+                };
+                (self.status(), Json(body)).into_response()
+            }
+            None => (self.status(), Json(self.body())).into_response(),
+        };
         if matches!(self, Answer::Unavailable(_)) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

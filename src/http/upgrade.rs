@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
@@ -22,8 +22,10 @@ const UNAUTHENTICATED_WARN_EVERY: Duration = Duration::from_secs(10);
 static UNAUTHENTICATED_SINCE_WARN: AtomicU64 = AtomicU64::new(0);
 static LAST_UNAUTHENTICATED_WARN: Mutex<Option<Instant>> = Mutex::new(None);
 
-pub async fn upgrade(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
-    let answer = answer(&agent, &headers, body).await;
+pub async fn upgrade(State(agent): State<Arc<Agent>>, request: Request) -> Response {
+    // The request taken whole: the `HeaderMap` extractor would clone every header first.
+    let (parts, body) = request.into_parts();
+    let answer = answer(&agent, &parts.headers, body).await;
     agent.metrics.notification(answer.label());
     match &answer {
         Answer::Queued(_) | Answer::Current { .. } | Answer::Duplicate | Answer::Ignored(_) => {
