@@ -312,9 +312,9 @@ async fn refused_at_once(stream: &tokio::net::TcpStream) -> bool {
     matches!(peeked, Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 503"))
 }
 
-/// Keeps `count` connections from 127.0.0.2 open until `deadline`, each sending `request`
-/// (pipelined 100 times for slow readers) and never reading an answer. Head-only connections
-/// the agent answers or closes are reopened each second, as a persistent attacker would.
+/// Tries to keep `count` connections from 127.0.0.2 open until `deadline`, each sending
+/// `request` (pipelined 100 times for slow readers) and never reading an answer; refused ones
+/// are replaced at once, head-only ones the agent answers or closes each second.
 async fn hold_connections(
     target: String,
     request: &'static [u8],
@@ -343,9 +343,10 @@ async fn hold_connections(
                 open.push(stream);
             }
         }
+        // Refused connections are not kept, so the loop above keeps opening new ones until the
+        // deadline, as a persistent attacker would: whenever the agent cuts one, another takes
+        // its slot. Slow readers are only looked at once, at the end.
         if slow_reader {
-            // Refused ones are not retried: the admitted ones are the ones that matter.
-            tokio::time::sleep_until(deadline.into()).await;
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
