@@ -8,10 +8,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Activation, Listen, Settings};
+use crate::config::{Activation, HydraCredentials, Settings};
 use crate::hooks::Hooks;
-use crate::http::{self, Api, Listener};
-use crate::hydra::{HydraClient, HydraError, JobRef};
+use crate::http::{self, Api};
+use crate::hydra::{BasicAuth, HydraClient, HydraError, JobRef};
 use crate::intake::RequestIntake;
 use crate::ledger::{Ledger, LedgerError, Loaded};
 use crate::metrics::Metrics;
@@ -46,6 +46,8 @@ pub enum AppError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Credentials(String),
 }
 
 /// A started agent: its address, its status, and the tasks to wait for.
@@ -77,6 +79,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         job: settings.hydra_job.clone(),
         timeout: settings.hydra_timeout,
         flake: settings.activation == Activation::Flake,
+        basic_auth: match &settings.hydra_credentials_file {
+            Some(path) => {
+                let c = HydraCredentials::load(path).map_err(AppError::Credentials)?;
+                Some(BasicAuth {
+                    user: c.user,
+                    password: c.password,
+                })
+            }
+            None => None,
+        },
     })?
     .observed_by(Arc::new(metrics.hydra.clone()));
     let (ledger, loaded) = Ledger::open(&settings.state_dir)?;
@@ -158,7 +170,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         shutdown: shutdown.clone(),
     };
 
-    let listener = bind(&settings.listen).await?;
+    let listener = http::listen::bind(&settings.listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            listen: settings.listen.to_string(),
+            source,
+        })?;
     let address = listener.describe();
     let server = tokio::spawn(http::serve(listener, http::router(api), shutdown.clone()));
     let worker = tokio::spawn(worker.run());
@@ -254,29 +271,6 @@ fn flatten(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Resul
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(AppError::Serve(e)),
         Err(e) => Err(AppError::Serve(std::io::Error::other(e))),
-    }
-}
-
-async fn bind(listen: &Listen) -> Result<Listener, AppError> {
-    let bind_error = |source| AppError::Bind {
-        listen: listen.to_string(),
-        source,
-    };
-    match listen {
-        Listen::Tcp(address) => tokio::net::TcpListener::bind(address.as_str())
-            .await
-            .map(Listener::Tcp)
-            .map_err(bind_error),
-        Listen::Unix(path) => {
-            use std::os::unix::fs::FileTypeExt;
-            // A socket left by a previous run would make bind fail; anything else is not ours to remove.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                let _ = std::fs::remove_file(path);
-            }
-            tokio::net::UnixListener::bind(path)
-                .map(Listener::Unix)
-                .map_err(bind_error)
-        }
     }
 }
 

@@ -114,6 +114,7 @@ mod tests {
             job: "web1".into(),
             timeout: Duration::from_secs(2),
             flake: false,
+            basic_auth: None,
         })
         .unwrap();
         let ledger = Arc::new(Ledger::open(dir.path()).unwrap().0);

@@ -18,6 +18,19 @@ use std::collections::VecDeque;
 use crate::model::{Attempt, Deployed, Outcome, Phase};
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The `status` values of SPEC §4's answers, the labels of the notifications counter.
+const NOTIFICATION_STATUSES: [&str; 9] = [
+    "queued",
+    "current",
+    "duplicate",
+    "ignored",
+    "invalid",
+    "unauthorized",
+    "refused",
+    "rejected",
+    "unavailable",
+];
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn hydra_histogram() -> Histogram {
@@ -96,6 +109,9 @@ pub struct Metrics {
     attempts: Family<Labels, Counter>,
     notifications: Family<Labels, Counter>,
     refusals: Family<Labels, Counter>,
+    /// Handles into `notifications` by status, made on first use: a refusal then costs one
+    /// atomic add, not a label vector, a hash and a lock.
+    notification_handles: [std::sync::OnceLock<Counter>; NOTIFICATION_STATUSES.len()],
     hooks: Family<Labels, Counter>,
 }
 
@@ -118,6 +134,7 @@ impl Metrics {
             attempts: Family::default(),
             notifications: Family::default(),
             refusals: Family::default(),
+            notification_handles: Default::default(),
             hooks: Family::default(),
         };
         // Every outcome visible at 0 so rate() and alerts see the series from the start.
@@ -180,9 +197,15 @@ impl Metrics {
 
     /// An upgrade request answered with `status`; `cause` (bounded) when it was not accepted.
     pub fn notification(&self, status: &'static str, cause: Option<&'static str>) {
-        self.notifications
-            .get_or_create(&vec![("status", status.into())])
-            .inc();
+        let family = || {
+            self.notifications
+                .get_or_create(&vec![("status", status.into())])
+                .clone()
+        };
+        match NOTIFICATION_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.notification_handles[i].get_or_init(family).inc(),
+            None => family().inc(),
+        };
         if let Some(cause) = cause {
             self.refusals
                 .get_or_create(&vec![("status", status.into()), ("cause", cause.into())])

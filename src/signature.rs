@@ -27,7 +27,14 @@ pub enum KeyError {
          printf 'whsec_%s\\n' \"$(head -c 32 /dev/urandom | base64)\""
     )]
     InFile { path: String, problem: String },
+    #[error(
+        "secret file line {line}: the key has {bytes} bytes, fewer than {MIN_KEY_BYTES}; make one with: printf 'whsec_%s\\n' \"$(head -c 32 /dev/urandom | base64)\""
+    )]
+    TooShort { line: usize, bytes: usize },
 }
+
+/// Keys shorter than this are refused: an HMAC key is only as strong as its length.
+pub const MIN_KEY_BYTES: usize = 16;
 
 /// Why a request's signature was not accepted; every variant answers 401.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,8 +62,10 @@ impl VerifyError {
 }
 
 /// The keys of a secret file, newest first: signing uses the first, verifying accepts any.
+/// Each is kept as an HMAC already keyed: the key's two pad blocks are hashed once at load,
+/// not on every request (half of a refusal's SHA-256 work).
 #[derive(Clone)]
-pub struct Keys(Vec<Vec<u8>>);
+pub struct Keys(Vec<HmacSha256>);
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,12 +86,18 @@ impl Keys {
                 .and_then(|b64| STANDARD.decode(b64).ok())
                 .filter(|k| !k.is_empty())
                 .ok_or(KeyError::Malformed { line: index + 1 })?;
+            if key.len() < MIN_KEY_BYTES {
+                return Err(KeyError::TooShort {
+                    line: index + 1,
+                    bytes: key.len(),
+                });
+            }
             keys.push(key);
         }
         if keys.is_empty() {
             return Err(KeyError::Empty);
         }
-        Ok(Keys(keys))
+        Ok(Keys(keys.iter().map(|k| keyed(k)).collect()))
     }
 
     pub fn load(path: &Path) -> Result<Keys, KeyError> {
@@ -90,6 +105,7 @@ impl Keys {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
+        warn_if_shared(path, "secret_file");
         Keys::parse(&text).map_err(|e| KeyError::InFile {
             path: path.display().to_string(),
             problem: match e {
@@ -101,7 +117,7 @@ impl Keys {
 
     /// The `webhook-signature` header value for a message, made with the first key.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let key = self.0.first().map(Vec::as_slice).unwrap_or_default();
+        let key = self.0.first().cloned().unwrap_or_else(|| keyed(&[]));
         let tag = mac(key, id, timestamp, body).finalize().into_bytes();
         format!("v1,{}", STANDARD.encode(tag))
     }
@@ -143,20 +159,31 @@ impl Keys {
         if timestamp.abs_diff(now) > tolerance.unsigned_abs() {
             return Err(VerifyError::Stale(timestamp));
         }
-        let candidates: Vec<Vec<u8>> = signatures
+        // Decoded on the stack: a forged request costs no allocation here.
+        let mut candidates = [[0u8; 32]; MAX_SIGNATURES];
+        let mut found = 0;
+        for b64 in signatures
             .split(' ')
             .filter_map(|entry| entry.strip_prefix("v1,"))
-            .filter_map(|b64| STANDARD.decode(b64).ok())
-            .filter(|tag| tag.len() == 32)
-            .take(MAX_SIGNATURES)
-            .collect();
-        if candidates.is_empty() {
+        {
+            if found == MAX_SIGNATURES {
+                break;
+            }
+            let mut decoded = [0u8; 48];
+            if b64.len() <= 64
+                && let Ok(32) = STANDARD.decode_slice(b64, &mut decoded)
+            {
+                candidates[found].copy_from_slice(&decoded[..32]);
+                found += 1;
+            }
+        }
+        if found == 0 {
             return Err(VerifyError::Malformed("webhook-signature"));
         }
         let mut matched = false;
         for key in &self.0 {
-            let base = mac(key, id, timestamp, body);
-            for tag in &candidates {
+            let base = mac(key.clone(), id, timestamp, body);
+            for tag in &candidates[..found] {
                 // verify_slice compares in constant time; keep looping so timing says nothing.
                 matched |= base.clone().verify_slice(tag).is_ok();
             }
@@ -166,6 +193,20 @@ impl Keys {
         } else {
             Err(VerifyError::NoMatch)
         }
+    }
+}
+
+/// Warns (with its path) when a file holding a secret can be read by group or others.
+pub fn warn_if_shared(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = %format!("{:o}", meta.permissions().mode() & 0o777),
+            "{what} is readable by group or others; chmod 600 it (or use LoadCredential)"
+        );
     }
 }
 
@@ -192,16 +233,39 @@ fn parse_timestamp(text: &str) -> Option<i64> {
     text.parse().ok()
 }
 
-fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
+/// An HMAC-SHA256 keyed with `key`, ready for the message.
+fn keyed(key: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail; fall back to an empty key regardless.
-    let mut mac = HmacSha256::new_from_slice(key)
-        .unwrap_or_else(|_| <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default()));
+    HmacSha256::new_from_slice(key)
+        .unwrap_or_else(|_| <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default()))
+}
+
+fn mac(mut mac: HmacSha256, id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
     mac.update(id.as_bytes());
     mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
+    mac.update(decimal(timestamp, &mut [0u8; 20]));
     mac.update(b".");
     mac.update(body);
     mac
+}
+
+/// `n` in decimal, written into `buf` (no allocation per request).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
 }
 
 /// A fresh `whsec_` secret line with 32 random bytes.
@@ -391,6 +455,24 @@ mod tests {
             KeyError::Malformed { line: 2 }
         );
         assert!(!format!("{:?}", Keys::parse(SECRET).unwrap()).contains("C2FV"));
+        // 15 bytes refused, 16 accepted.
+        let key = |n: usize| format!("whsec_{}\n", STANDARD.encode(vec![7u8; n]));
+        assert_eq!(
+            Keys::parse(&key(1)).unwrap_err(),
+            KeyError::TooShort { line: 1, bytes: 1 }
+        );
+        assert_eq!(
+            Keys::parse(&format!("{SECRET}\n{}", key(15))).unwrap_err(),
+            KeyError::TooShort { line: 2, bytes: 15 }
+        );
+        assert!(Keys::parse(&key(16)).is_ok());
+    }
+
+    #[test]
+    fn decimal_matches_to_string() {
+        for n in [0, 7, 10, 1_767_225_600, -1, -42, i64::MAX, i64::MIN] {
+            assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes(), "{n}");
+        }
     }
 
     #[test]

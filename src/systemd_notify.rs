@@ -132,8 +132,16 @@ pub async fn tick() {
 /// time and two post-check phases, and a minute of slack.
 pub fn attempt_budget(settings: &crate::config::Settings) -> Duration {
     let checks = &settings.health_checks;
-    let command = settings.activation_timeout + Duration::from_secs(10);
-    checks.deadline * 3 + checks.settle + command * 5 + Duration::from_secs(60)
+    // Saturating: config bounds every duration, and a budget can only err on the long side.
+    let command = settings
+        .activation_timeout
+        .saturating_add(Duration::from_secs(10));
+    checks
+        .deadline
+        .saturating_mul(3)
+        .saturating_add(checks.settle)
+        .saturating_add(command.saturating_mul(5))
+        .saturating_add(Duration::from_secs(60))
 }
 
 /// Runs `work` in the calling task, pinging the watchdog while it is pending, for at most

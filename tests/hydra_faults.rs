@@ -175,3 +175,44 @@ async fn the_worker_deploys_the_path_hydra_vouched_for_even_if_hydra_changes_lat
     let calls = rig.calls();
     assert!(calls.last().unwrap().contains(&vouched), "{calls:?}");
 }
+
+#[tokio::test]
+async fn hydra_slow_in_total_is_a_json_503_within_the_request_timeout() {
+    let mut rig = Rig::start("activation = \"flake\"").await;
+    rig.stop().await;
+    // Each answer within hydra.timeout (10 s), but latest + build + eval take 3 × 9 s.
+    let text = rig
+        .config_text()
+        .replace("timeout = \"2s\"", "timeout = \"10s\"");
+    std::fs::write(rig.path("agent.toml"), text).unwrap();
+    rig.spawn_with_written_config().await;
+    rig.build(5);
+    rig.hydra
+        .set_fault(Some(Fault::Delay(Duration::from_secs(9))));
+    let id = nixos_hydra_upgrade::signature::generate_id();
+    let body = "{}";
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v1/upgrade", rig.url))
+        .body(body);
+    for (name, value) in rig.keys.headers(&id, body.as_bytes()) {
+        request = request.header(name, value);
+    }
+    let started = Instant::now();
+    let response = request.send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(
+        response.headers().get("retry-after").is_some(),
+        "{:?}",
+        response.headers()
+    );
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["status"], "unavailable", "{answer}");
+    assert!(reason(&answer).contains("hydra"), "{answer}");
+    let limit = nixos_hydra_upgrade::http::REQUEST_TIMEOUT;
+    assert!(
+        took < limit,
+        "answered within the request timeout: {took:?}"
+    );
+    assert!(rig.calls().is_empty(), "nothing activated");
+}

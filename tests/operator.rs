@@ -138,6 +138,8 @@ fn calendar_and_key_file_errors_name_the_bad_part() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key");
     std::fs::write(&key, "whsec_not base64!\n").unwrap();
+    // Owner-only, as a key should be: the golden text is the malformed-key error alone.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (code, _, err) = run(&[
         "trigger",
         "--url",

@@ -13,8 +13,10 @@ use crate::signature::{Keys, generate_id};
 /// First wait between retries of one delivery; doubles each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
-/// One HTTP exchange never takes longer than this.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// One HTTP exchange never takes longer than this: more than the agent's own request timeout
+/// (30 s), so the agent's answer (a 503 at worst) arrives before the sender gives up.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(35);
+const _: () = assert!(ATTEMPT_TIMEOUT.as_secs() > crate::model::REQUEST_TIMEOUT.as_secs());
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {

@@ -1,5 +1,6 @@
 //! The agent's TOML config file turned into validated `Settings` (SPEC §3).
 
+mod bounds;
 mod gates;
 mod gc;
 mod hooks;
@@ -14,11 +15,12 @@ use serde::Deserialize;
 
 use crate::health::HealthChecksConfig;
 
+pub use bounds::MAX_DURATION;
 pub use gates::{GateConfig, GateKind};
 pub use gc::GcConfig;
 pub use hooks::{Hook, HookError, HooksConfig};
-pub use hydra::HydraConfig;
-use hydra::check_name;
+pub use hydra::{HydraConfig, HydraCredentials};
+use hydra::{check_instance, check_name};
 pub use system::SystemConfig;
 pub use window::{TimeOfDay, TimeWindow};
 
@@ -171,6 +173,7 @@ pub struct Settings {
     pub hydra_jobset: String,
     pub hydra_job: String,
     pub hydra_timeout: Duration,
+    pub hydra_credentials_file: Option<PathBuf>,
     pub health_checks: HealthChecksConfig,
     pub system: SystemConfig,
     pub hooks: HooksConfig,
@@ -248,15 +251,7 @@ impl Settings {
         }
         let hydra = raw.hydra;
         let instance = hydra.instance.trim_end_matches('/').to_owned();
-        match reqwest::Url::parse(&instance) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            _ => {
-                return Err(invalid(
-                    "hydra.instance",
-                    format!("\"{}\" is not an http(s) URL", hydra.instance),
-                ));
-            }
-        }
+        check_instance(&instance).map_err(|m| invalid("hydra.instance", m))?;
         for (key, value) in [
             ("hydra.project", &hydra.project),
             ("hydra.jobset", &hydra.jobset),
@@ -300,6 +295,33 @@ impl Settings {
             ));
         }
         validate_dates(&raw.dates).map_err(|m| invalid("dates", m))?;
+        let checks = raw.health_checks.pre_checks().into_iter();
+        let checks = checks.chain(raw.health_checks.post_checks());
+        let per_check = checks.flat_map(|c| {
+            [
+                ("health_checks (a check's timeout)", c.timeout),
+                ("health_checks (a check's interval)", c.interval),
+            ]
+        });
+        let durations: Vec<(&'static str, Duration)> = [
+            ("activation_timeout", raw.activation_timeout),
+            ("randomized_delay", raw.randomized_delay),
+            ("signature_tolerance", raw.signature_tolerance),
+            ("hydra.timeout", hydra.timeout),
+            ("hooks.timeout", raw.hooks.timeout),
+            ("health_checks.timeout", raw.health_checks.timeout),
+            ("health_checks.settle", raw.health_checks.settle),
+            ("health_checks.deadline", raw.health_checks.deadline),
+        ]
+        .into_iter()
+        .chain(per_check)
+        .chain(
+            raw.gates
+                .iter()
+                .map(|g| ("gates (a gate's recheck)", g.recheck)),
+        )
+        .collect();
+        bounds::check(&durations).map_err(|(key, m)| invalid(key, m))?;
         // These errors name their own key (`hooks.on_success`, `health_checks.post[0].argv`).
         let named = |message: String| ConfigError::Parse {
             path: path.to_owned(),
@@ -339,6 +361,7 @@ impl Settings {
             hydra_jobset: hydra.jobset,
             hydra_job: job,
             hydra_timeout: hydra.timeout,
+            hydra_credentials_file: hydra.credentials_file,
             health_checks: raw.health_checks,
             system: raw.system,
             hooks: raw.hooks,
@@ -559,6 +582,12 @@ mod tests {
                 "--profile-name is refused",
             ),
             ("flags = [\"-Lc\", \"gpu\"]\n", "-Lc is refused"),
+            (
+                "activation_timeout = \"300000000000years\"\n",
+                "activation_timeout",
+            ),
+            ("randomized_delay = \"400days\"\n", "randomized_delay"),
+            ("[hooks]\ntimeout = \"9999999999999s\"\n", "hooks.timeout"),
         ];
         for (extra, needle) in cases {
             let err = parse(&format!("{extra}{MINIMAL}")).unwrap_err().to_string();
@@ -571,6 +600,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("hydra.instance"), "{err}");
+        let err = parse("host = \"x\"\n[hydra]\ninstance = \"https://u:s3cret@x\"\nproject = \"p\"\njobset = \"j\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("credentials_file") && !err.contains("s3cret"),
+            "{err}"
+        );
         let err = parse("[hydra]\ninstance = \"https://x\"\nproject = \"p\"\n").unwrap_err();
         assert!(err.to_string().contains("jobset"), "{err}");
     }

@@ -33,6 +33,8 @@ pub enum Answer {
     Hydra(HydraError),
     /// 503: an earlier copy with this `webhook-id` is still being answered.
     InFlight,
+    /// 503: not answered within the request timeout (busy, a slow client, a slow Hydra).
+    TimedOut(String),
 }
 
 impl Answer {
@@ -46,7 +48,7 @@ impl Answer {
             Answer::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Answer::Hydra(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Answer::Hydra(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Answer::InFlight => StatusCode::SERVICE_UNAVAILABLE,
+            Answer::InFlight | Answer::TimedOut(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -62,7 +64,7 @@ impl Answer {
             Answer::Refused(_) => "refused",
             Answer::Hydra(e) if e.is_unavailable() => "unavailable",
             Answer::Hydra(_) => "rejected",
-            Answer::InFlight => "unavailable",
+            Answer::InFlight | Answer::TimedOut(_) => "unavailable",
         }
     }
 
@@ -78,6 +80,7 @@ impl Answer {
             Answer::Refused(_) => Some("older-than-deployed"),
             Answer::Hydra(e) => Some(e.cause()),
             Answer::InFlight => Some("in-flight"),
+            Answer::TimedOut(_) => Some("request-timeout"),
         }
     }
 
@@ -100,7 +103,20 @@ impl Answer {
             Answer::Ignored(reason)
             | Answer::Invalid(reason)
             | Answer::Unauthorized { reason, .. }
-            | Answer::Refused(reason) => json!({ "status": status, "reason": reason }),
+            | Answer::Refused(reason)
+            | Answer::TimedOut(reason) => json!({ "status": status, "reason": reason }),
+        }
+    }
+
+    /// The reason of the answers that are only a status and a reason (most refusals).
+    fn plain_reason(&self) -> Option<&str> {
+        match self {
+            Answer::Ignored(reason)
+            | Answer::Invalid(reason)
+            | Answer::Unauthorized { reason, .. }
+            | Answer::Refused(reason)
+            | Answer::TimedOut(reason) => Some(reason),
+            _ => None,
         }
     }
 }
@@ -123,7 +139,8 @@ impl std::fmt::Display for Answer {
             Answer::Ignored(reason)
             | Answer::Invalid(reason)
             | Answer::Unauthorized { reason, .. }
-            | Answer::Refused(reason) => write!(f, "{status}: {reason}"),
+            | Answer::Refused(reason)
+            | Answer::TimedOut(reason) => write!(f, "{status}: {reason}"),
         }
     }
 }
@@ -139,9 +156,26 @@ impl From<Intake> for Answer {
     }
 }
 
+/// The common shape, serialized straight from borrowed fields: no `Value` tree for each refusal,
+/// which a flood of forged requests would otherwise pay for (BENCHMARKS.md, reject path).
+#[derive(serde::Serialize)]
+struct Reasoned<'a> {
+    status: &'static str,
+    reason: &'a str,
+}
+
 impl IntoResponse for Answer {
     fn into_response(self) -> Response {
-        let mut response = (self.status(), Json(self.body())).into_response();
+        let mut response = match self.plain_reason() {
+            Some(reason) => {
+                let body = Reasoned {
+                    status: self.label(),
+                    reason,
+                };
+                (self.status(), Json(body)).into_response()
+            }
+            None => (self.status(), Json(self.body())).into_response(),
+        };
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -1,4 +1,5 @@
-//! The accept loop: bounded connections, header size and read-time limits, graceful shutdown.
+//! The accept loop: fair admission per peer, header limits, write and lifetime deadlines per
+//! connection, graceful shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,17 +9,25 @@ use axum::extract::Request;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::Listener;
+use super::admission::{Admission, Peer, Refusal, Ticket};
+use super::write_deadline::WriteDeadline;
 
-/// Open connections at once; further clients wait in the kernel's backlog until one closes.
-pub const MAX_CONNECTIONS: usize = 512;
-/// A client must send its whole request head within this time, also on an idle keep-alive
-/// connection (slowloris, idle sockets).
+pub use super::admission::{MAX_CONNECTIONS, MAX_PER_PEER};
+
+/// A client must send its whole request head within this time; hyper starts the clock whenever
+/// the connection waits for a head, so it is also the idle timeout of a keep-alive connection.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write the peer takes no byte of for this long ends the connection (slow readers).
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this a connection finishes its current request and closes (trickling keep-alives).
+pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// How long a connection asked to close (lifetime, shutdown) may take to finish its request.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Request line plus headers; larger heads are answered 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Header fields per request; more are answered 431.
@@ -28,6 +37,9 @@ const MAX_BUF_BYTES: usize = 64 * 1024 + MAX_HEADER_BYTES;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What a refused connection is told before it is closed (best effort, never waited for).
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 30\r\nconnection: close\r\ncontent-length: 71\r\n\r\n{\"status\":\"unavailable\",\"reason\":\"too many connections from this peer\"}";
+
 /// Serves `app` on `listener` until `shutdown`; then stops accepting and lets open
 /// connections finish their current request.
 pub async fn run(
@@ -35,33 +47,47 @@ pub async fn run(
     app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Arc::new(Admission::default());
+    let tasks = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
-            () = shutdown.cancelled() => break,
-        };
         let accepted = tokio::select! {
             accepted = accept(&listener) => accepted,
             () = shutdown.cancelled() => break,
         };
-        match accepted {
-            Ok(Stream::Tcp(io)) => {
-                let _ = io.set_nodelay(true);
-                spawn_connection(io, app.clone(), shutdown.clone(), permit, slots.clone());
-            }
-            Ok(Stream::Unix(io)) => {
-                spawn_connection(io, app.clone(), shutdown.clone(), permit, slots.clone())
-            }
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; retrying");
-                drop(permit);
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let ticket = match admission.admit(peer) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                refuse(&stream, refusal, peer);
+                continue;
+            }
+        };
+        let connection = Connection {
+            app: app.clone(),
+            shutdown: shutdown.clone(),
+            ticket,
+            admission: admission.clone(),
+        };
+        match stream {
+            Stream::Tcp(io) => {
+                let _ = io.set_nodelay(true);
+                tasks.spawn(connection.serve(io));
+            }
+            Stream::Unix(io) => {
+                tasks.spawn(connection.serve(io));
             }
         }
     }
     // Wait for open connections to finish (the caller bounds how long it waits for us).
-    let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 
@@ -70,11 +96,28 @@ enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> std::io::Result<Stream> {
+async fn accept(listener: &Listener) -> std::io::Result<(Stream, Peer)> {
     match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
-        Listener::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+        Listener::Tcp(l) => l
+            .accept()
+            .await
+            .map(|(s, address)| (Stream::Tcp(s), Peer::of(address))),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| {
+            let peer = s
+                .peer_cred()
+                .map_or(Peer::Unknown, |c| Peer::Local(c.uid()));
+            (Stream::Unix(s), peer)
+        }),
     }
+}
+
+/// Tells a refused client why (without waiting on it) and closes its connection.
+fn refuse(stream: &Stream, refusal: Refusal, peer: Peer) {
+    tracing::debug!(?peer, ?refusal, "connection refused");
+    let _ = match stream {
+        Stream::Tcp(s) => s.try_write(REFUSED),
+        Stream::Unix(s) => s.try_write(REFUSED),
+    };
 }
 
 /// The HTTP/1 settings of every connection.
@@ -94,15 +137,13 @@ fn builder() -> http1::Builder {
 pub const PRESSURE_CONNECTIONS: usize = MAX_CONNECTIONS / 2;
 
 /// Under pressure, a client that sent a bad request loses its keep-alive connection, so a flood
-/// cannot hold every slot with busy keep-alives: each bad request then costs a new connection,
-/// and a legitimate client waiting in the backlog gets a slot within moments. Below it, bad
-/// requests keep their connection, which costs less than closing and reconnecting.
+/// cannot hold every slot with busy keep-alives: each bad request then costs a new connection.
+/// Below it, bad requests keep their connection, which costs less than closing and reconnecting.
 fn close_after_client_error(
     mut response: axum::response::Response,
-    slots: &Semaphore,
+    admission: &Admission,
 ) -> axum::response::Response {
-    let in_use = MAX_CONNECTIONS.saturating_sub(slots.available_permits());
-    if response.status().is_client_error() && in_use >= PRESSURE_CONNECTIONS {
+    if response.status().is_client_error() && admission.in_use() >= PRESSURE_CONNECTIONS {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
@@ -111,33 +152,65 @@ fn close_after_client_error(
     response
 }
 
-fn spawn_connection<IO>(
-    io: IO,
+/// One admitted connection and what it needs to serve itself.
+struct Connection {
     app: Router,
     shutdown: CancellationToken,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    slots: Arc<Semaphore>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
+    ticket: Ticket,
+    admission: Arc<Admission>,
+}
+
+impl Connection {
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            app,
+            shutdown,
+            ticket,
+            admission,
+        } = self;
         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
             let answer = app.clone().oneshot(request.map(axum::body::Body::new));
-            let slots = slots.clone();
-            async move { answer.await.map(|r| close_after_client_error(r, &slots)) }
+            let admission = admission.clone();
+            async move {
+                answer
+                    .await
+                    .map(|r| close_after_client_error(r, &admission))
+            }
         });
-        let connection = builder().serve_connection(TokioIo::new(io), service);
+        let io = TokioIo::new(WriteDeadline::new(io, WRITE_STALL_TIMEOUT));
+        let connection = builder().serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.as_mut().await
+        let evicted = ticket.evicted.clone();
+        // First the lifetime; once draining (lifetime or shutdown), the grace to finish.
+        let deadline = tokio::time::sleep(MAX_CONNECTION_LIFETIME);
+        let mut deadline = std::pin::pin!(deadline);
+        let mut draining = false;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break Some(result),
+                // A lighter peer needed the slot: close now, mid-request or not.
+                () = evicted.cancelled() => break None,
+                () = &mut deadline => {
+                    if draining {
+                        break None;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    draining = true;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                () = shutdown.cancelled(), if !draining => {
+                    connection.as_mut().graceful_shutdown();
+                    draining = true;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
             }
         };
-        if let Err(e) = result {
+        if let Some(Err(e)) = result {
             tracing::debug!(error = %e, "connection closed with an error");
         }
-        drop(permit);
-    });
+        drop(ticket);
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
@@ -23,8 +23,10 @@ const UNAUTHENTICATED_WARN_EVERY: Duration = Duration::from_secs(10);
 static UNAUTHENTICATED_SINCE_WARN: AtomicU64 = AtomicU64::new(0);
 static LAST_UNAUTHENTICATED_WARN: Mutex<Option<Instant>> = Mutex::new(None);
 
-pub async fn upgrade(State(agent): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
-    let answer = answer(&agent, &headers, body).await;
+pub async fn upgrade(State(agent): State<Arc<Api>>, request: Request) -> Response {
+    // The request taken whole: the `HeaderMap` extractor would clone every header first.
+    let (parts, body) = request.into_parts();
+    let answer = answer(&agent, &parts.headers, body).await;
     agent.metrics.notification(answer.label(), answer.cause());
     match &answer {
         Answer::Queued(_) | Answer::Current { .. } | Answer::Duplicate | Answer::Ignored(_) => {
@@ -96,7 +98,16 @@ async fn answer(agent: &Api, headers: &HeaderMap, body: Body) -> Answer {
     let answer = match parse_body(&bytes) {
         Err(reason) => Answer::Invalid(reason),
         Ok(Parsed::Ignore(reason)) => Answer::Ignored(reason),
-        Ok(Parsed::Request(request)) => agent.intake.intake(request).await.into(),
+        // Bounded as a whole: each Hydra call has hydra.timeout, but there may be four.
+        Ok(Parsed::Request(request)) => {
+            match tokio::time::timeout(super::INTAKE_BUDGET, agent.intake.intake(request)).await {
+                Ok(intake) => intake.into(),
+                Err(_) => Answer::TimedOut(format!(
+                    "hydra unavailable: its answers took over {} s in total",
+                    super::INTAKE_BUDGET.as_secs()
+                )),
+            }
+        }
     };
     if answer.status().is_success() {
         reservation.accepted(now).await;

@@ -139,6 +139,21 @@ pub struct JobRef {
     pub timeout: Duration,
     /// Flake activation: the evaluation's locked flake is part of the target.
     pub flake: bool,
+    /// For a Hydra behind basic auth (`hydra.credentials_file`).
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// A Hydra user and password; never shown by `Debug`.
+#[derive(Clone)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BasicAuth(<redacted>)")
+    }
 }
 
 #[derive(Clone)]
@@ -154,7 +169,12 @@ pub struct HydraClient {
 
 impl HydraClient {
     pub fn new(job: JobRef) -> Result<HydraClient, HydraError> {
+        let mut headers = header::HeaderMap::new();
+        if let Some(credentials) = &job.basic_auth {
+            headers.insert(header::AUTHORIZATION, basic_auth(credentials));
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(job.timeout)
             .connect_timeout(job.timeout.min(Duration::from_secs(5)))
@@ -339,6 +359,18 @@ impl HydraClient {
             detail: e.to_string(),
         })
     }
+}
+
+/// `Authorization: Basic …`, marked sensitive so no debug output of the client shows it.
+fn basic_auth(credentials: &BasicAuth) -> header::HeaderValue {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", credentials.user, credentials.password));
+    // Base64 is always a valid header value; the fallback is never taken.
+    let mut value = header::HeaderValue::from_str(&format!("Basic {token}"))
+        .unwrap_or_else(|_| header::HeaderValue::from_static("Basic"));
+    value.set_sensitive(true);
+    value
 }
 
 async fn read_capped(mut response: reqwest::Response, what: &str) -> Result<Vec<u8>, HydraError> {

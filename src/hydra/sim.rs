@@ -50,6 +50,8 @@ struct Inner {
     /// Faults for requests whose path starts with the prefix; they win over `fault`.
     path_faults: Vec<(String, Fault)>,
     requests: Vec<String>,
+    /// The `Authorization` header of each request, in order (None when absent).
+    authorizations: Vec<Option<String>>,
 }
 
 /// A running simulator; it stops with the tokio runtime that started it.
@@ -126,6 +128,11 @@ impl HydraSim {
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
     }
+
+    /// The `Authorization` header each request carried, in order.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.lock().authorizations.clone()
+    }
 }
 
 /// A well-formed store path, unique per build.
@@ -155,6 +162,10 @@ async fn intercept(inner: &Shared, path: String, headers: &HeaderMap) -> Option<
             .map(|(_, f)| f.clone())
             .or_else(|| guard.fault.clone());
         guard.requests.push(path);
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        guard.authorizations.push(authorization);
         fault
     };
     match fault {

@@ -10,6 +10,10 @@ pub use phase::{FetchProgress, Phase, Verdict, Waiting, WaitingFor};
 pub use store_path::{FlakeRef, StorePath, ValueError};
 pub use target::{Job, Source, Target};
 
+/// Every request to an agent is answered within this time, the wait for a slot included: past
+/// it, 503 `unavailable` with `Retry-After` (SPEC §4). Senders wait longer than this per attempt.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Told about every request to Hydra (for metrics); the Hydra client works without one.
 pub trait RequestObserver: Send + Sync {
     /// `endpoint` is the first path segment (`build`, `eval`, `job`); `ok` is false on a
