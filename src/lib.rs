@@ -12,12 +12,15 @@ pub mod calendar;
 pub mod config;
 pub mod durable;
 pub mod health;
+pub mod host;
 pub mod hydra;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod progress;
 pub mod queue;
+pub mod refused_flags;
 pub mod replay;
 pub mod signature;
 pub mod systemd_notify;
@@ -29,6 +32,7 @@ pub mod http;
 pub mod intake;
 pub mod recovery;
 pub mod schedule;
+pub mod status;
 pub mod upgrade;
 
 // The command line.

@@ -34,7 +34,7 @@ pub struct HydraMetrics {
     newest_green: std::sync::Arc<AtomicU64>,
 }
 
-impl crate::hydra::RequestObserver for HydraMetrics {
+impl crate::model::RequestObserver for HydraMetrics {
     fn request(&self, endpoint: &'static str, elapsed: Duration, ok: bool) {
         let labels = vec![("endpoint", endpoint.to_owned())];
         self.latency
@@ -440,7 +440,11 @@ mod tests {
 
     /// A state where build `build` is deployed and the last attempt ran one check named `check`.
     fn state(build: u64, check: &str) -> (Deployed, VecDeque<Attempt>) {
-        let path = StorePath::parse(&crate::hydra::sim::fake_out_path(build, "web1")).unwrap();
+        let path = StorePath::parse(&format!(
+            "/nix/store/{}-nixos-system-web1",
+            build.to_string().repeat(16)
+        ))
+        .unwrap();
         let deployed = Deployed {
             build,
             path: path.clone(),
