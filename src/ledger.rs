@@ -537,8 +537,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ledger, _) = Ledger::open(dir.path()).unwrap();
         ledger.finish(attempt(5, Outcome::Upgraded)).await.unwrap();
-        // A directory where the temp file goes makes every write fail, as a full disk would.
-        std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+        // A non-empty directory at the state file's name makes every write fail at the rename,
+        // as a full disk would (the temp file's name is unique, so it cannot be blocked).
+        let blocked = dir.path().join(STATE_FILE);
+        std::fs::remove_file(&blocked).unwrap();
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), b"").unwrap();
         ledger.offer(job(6)).await;
         ledger.next().await;
         let err = ledger.begin_activation(marker(6)).await.unwrap_err();
@@ -559,7 +563,7 @@ mod tests {
             "shown though not saved"
         );
         assert!(ledger.write_error().is_some());
-        std::fs::remove_dir(dir.path().join("state.json.tmp")).unwrap();
+        std::fs::remove_dir_all(&blocked).unwrap();
         ledger
             .record_poll(Poll {
                 at: now(),
