@@ -5,8 +5,11 @@ mod calendar;
 pub mod client;
 mod commands;
 pub mod demo;
+pub mod fleet;
 pub mod follow;
 pub mod notify;
+pub mod retry;
+pub mod spool;
 pub mod status_view;
 
 pub use args::{Cli, Command};
