@@ -143,7 +143,16 @@ let
       inherit (cfg.rebootWindow) lower upper;
     };
   }
-  // lib.optionalAttrs (cfg.secretFile != null) { secret_file = credentialPath; };
+  // lib.optionalAttrs (cfg.secretFile != null) { secret_file = credentialPath; }
+  # Fleet rollouts (issue 15): the push stagger, and [rollout] when it names agents.
+  // {
+    push_delay = cfg.pushDelay;
+  }
+  // lib.optionalAttrs (cfg.rollout.after != [ ]) {
+    rollout = {
+      inherit (cfg.rollout) after bake timeout;
+    };
+  };
 
   uncheckedConfig = settingsFormat.generate "nixos-hydra-upgrade-unchecked.toml" (
     lib.recursiveUpdate generatedSettings cfg.settings
@@ -376,6 +385,49 @@ in
         first also signs; all verify). Read through systemd's `LoadCredential`, so it can
         be owned by root with mode 0400, and never copied into the Nix store. Without it the
         agent accepts no notification and only polls on {option}`${opt}.dates`.
+      '';
+    };
+
+    # Fleet rollouts (issue 15, docs/fleet.md): waves after other agents, and the push stagger.
+    rollout.after = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [ "http://canary1.example.com:9980" ];
+      description = ''
+        Agents (base URLs) that must run a build first: this host activates a build only
+        once each of them has deployed it, or a newer one, is idle with last outcome
+        `upgraded`, and has run it for {option}`${opt}.rollout.bake`. Read from their
+        `/v1/status`, so their API must be reachable from this host. Empty: no waves.
+      '';
+    };
+
+    rollout.bake = lib.mkOption {
+      type = lib.types.str;
+      default = "30m";
+      example = "2h";
+      description = ''
+        How long each agent of {option}`${opt}.rollout.after` must have run the build
+        healthily before this host activates it.
+      '';
+    };
+
+    rollout.timeout = lib.mkOption {
+      type = lib.types.str;
+      default = "24h";
+      example = "3d";
+      description = ''
+        How long after a build was queued this host waits for its wave; then the attempt
+        ends as `deferred-timeout` and the build is not activated (a newer one may be).
+      '';
+    };
+
+    pushDelay = lib.mkOption {
+      type = lib.types.str;
+      default = "0s";
+      example = "5min";
+      description = ''
+        Random delay, between zero and this time span, before a build pushed by Hydra is
+        fetched and activated, so a large fleet does not hit the binary cache in one second.
       '';
     };
 

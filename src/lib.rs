@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod net;
 pub mod queue;
 pub mod replay;
+pub mod rollout;
 pub mod signature;
 pub mod systemd_notify;
 

@@ -2,6 +2,7 @@
 
 mod hooks;
 mod hydra;
+mod rollout;
 mod system;
 mod window;
 
@@ -15,6 +16,7 @@ use crate::health::HealthChecksConfig;
 pub use hooks::{Hook, HookError, HooksConfig};
 pub use hydra::HydraConfig;
 use hydra::check_name;
+pub use rollout::RolloutConfig;
 pub use system::SystemConfig;
 pub use window::{TimeOfDay, TimeWindow};
 
@@ -133,6 +135,10 @@ struct RawConfig {
     system: SystemConfig,
     #[serde(default)]
     hooks: HooksConfig,
+    #[serde(default)]
+    rollout: Option<RolloutConfig>,
+    #[serde(default, with = "humantime_serde")]
+    push_delay: Duration,
 }
 
 /// Validated settings; every field has its final value.
@@ -163,6 +169,10 @@ pub struct Settings {
     pub health_checks: HealthChecksConfig,
     pub system: SystemConfig,
     pub hooks: HooksConfig,
+    /// `[rollout]`: wait for these agents to run a build healthily before activating it.
+    pub rollout: Option<RolloutConfig>,
+    /// Uniform random delay before a pushed (source hydra) upgrade starts fetching.
+    pub push_delay: Duration,
 }
 
 fn default_operation() -> Operation {
@@ -290,6 +300,12 @@ impl Settings {
         raw.hooks
             .validate()
             .map_err(|e| invalid("hooks", e.to_string()))?;
+        if let Some(rollout) = &raw.rollout {
+            rollout.validate().map_err(|(key, m)| invalid(key, m))?;
+        }
+        if raw.push_delay > rollout::MAX_WAIT {
+            return Err(invalid("push_delay", "is longer than a year".into()));
+        }
 
         Ok(Settings {
             host,
@@ -316,6 +332,8 @@ impl Settings {
             health_checks: raw.health_checks,
             system: raw.system,
             hooks: raw.hooks,
+            rollout: raw.rollout,
+            push_delay: raw.push_delay,
         })
     }
 
