@@ -202,7 +202,7 @@ pub async fn notify(options: NotifyOptions) -> Result<Report, NotifyError> {
                 next_try,
             })
             .collect();
-        let spooled = spool_all(dir, entries).await;
+        let spooled = spool_all(dir, entries, started + hand_back).await;
         // This build supersedes what is spooled older for the same agents.
         let index = spool::index(dir);
         for ((url, _), written) in undelivered.iter().zip(&spooled) {
@@ -329,37 +329,46 @@ fn spawn_retrier(dir: &Path, secret_file: &Path) -> Result<u32, String> {
     Ok(child.id())
 }
 
-/// Writes the entries on a few blocking threads (each file is synced), then syncs the directory.
-async fn spool_all(dir: &Path, entries: Vec<Entry>) -> Vec<Result<(), String>> {
-    const WRITERS: usize = 8;
+/// Writes the entries, then syncs them to disk on a thread of its own for as long as the
+/// hand-back allows (`sync_until`); a sync still running then finishes as the process exits.
+async fn spool_all(
+    dir: &Path,
+    entries: Vec<Entry>,
+    sync_until: Instant,
+) -> Vec<Result<(), String>> {
     if let Err(e) = spool::ensure_dir(dir) {
         return entries.iter().map(|_| Err(e.clone())).collect();
     }
-    let chunk = entries.len().div_ceil(WRITERS).max(1);
-    let mut batches = Vec::new();
-    let mut rest = entries;
-    while !rest.is_empty() {
-        let tail = rest.split_off(chunk.min(rest.len()));
-        let batch = std::mem::replace(&mut rest, tail);
-        let dir = dir.to_owned();
-        batches.push(tokio::task::spawn_blocking(move || {
-            batch
-                .iter()
-                .map(|e| spool::write(&dir, e).map(|_| ()))
-                .collect::<Vec<_>>()
-        }));
+    let owned = dir.to_owned();
+    let written = tokio::task::spawn_blocking(move || {
+        entries
+            .iter()
+            .map(|e| spool::write(&owned, e))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_else(|e| vec![Err(format!("spool writer failed: {e}"))]);
+    let files: Vec<PathBuf> = written.iter().filter_map(|w| w.clone().ok()).collect();
+    let (done, synced) = tokio::sync::oneshot::channel();
+    let owned = dir.to_owned();
+    // A plain thread: the runtime would wait for a blocking task at exit, past the hand-back.
+    let started = std::thread::Builder::new()
+        .name("spool-sync".into())
+        .spawn(move || {
+            let _ = done.send(spool::sync(&owned, &files));
+        });
+    let left = sync_until.saturating_duration_since(Instant::now());
+    match started {
+        Ok(_) => match tokio::time::timeout(left, synced).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "spool written but not synced"),
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("spool written; syncing it to disk outlasts the hand-back")
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, "spool written but not synced"),
     }
-    let mut results = Vec::new();
-    for batch in futures_util::future::join_all(batches).await {
-        match batch {
-            Ok(written) => results.extend(written),
-            Err(e) => results.push(Err(format!("spool writer failed: {e}"))),
-        }
-    }
-    if let Err(e) = spool::sync_dir(dir) {
-        tracing::warn!(error = %e, "spool written but not synced");
-    }
-    results
+    written.into_iter().map(|w| w.map(|_| ())).collect()
 }
 
 fn read_payload(path: &Path) -> Result<Vec<u8>, NotifyError> {
