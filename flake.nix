@@ -115,6 +115,8 @@
       nixosModules = {
         default = self.nixosModules.nixos-hydra-upgrade;
         nixos-hydra-upgrade = lib.modules.importApply ./module.nix { inherit self; };
+        # For the Hydra host: RunCommand, the key as a credential, and the retrier.
+        hydra-host = lib.modules.importApply ./hydra-plugin-config/hydra-host.nix { inherit self; };
       };
 
       checks = forAllSystems (
@@ -148,6 +150,43 @@
                 )
               );
 
+          # The Hydra host's units as hydra-host.nix renders them next to nixpkgs' services.hydra.
+          hydraHostUnits =
+            let
+              inherit
+                ((lib.nixosSystem {
+                  modules = [
+                    self.nixosModules.hydra-host
+                    {
+                      nixpkgs.hostPlatform = system;
+                      boot.loader.grub.enable = false;
+                      fileSystems."/".device = "nodev";
+                      system.stateVersion = "26.05";
+                      services.hydra = {
+                        enable = true;
+                        hydraURL = "http://hydra.example.com";
+                        notificationSender = "hydra@example.com";
+                      };
+                      services.nixos-hydra-upgrade-hydra = {
+                        enable = true;
+                        project = "nix-config";
+                        jobset = "main";
+                        hosts."nixosConfigurations.web1" = "http://web1.example.com:9980";
+                        keyFile = "/run/keys/nixos-hydra-upgrade";
+                      };
+                    }
+                  ];
+                }).config.systemd
+                )
+                units
+                ;
+              file = name: "${units.${name}.unit}/${name}";
+            in
+            {
+              notify = file "hydra-notify.service";
+              retry = file "nixos-hydra-upgrade-retry.service";
+            };
+
           # Each table between the markers in docs/nixos.md and README.md (once pasted there).
           documented =
             lib.concatMap
@@ -176,6 +215,9 @@
             mkdir "$out"
             cp ${unitOf legacyConfig} "$out/legacy.service"
             cp ${unitOf fullConfig} "$out/full.service"
+            cp ${hydraHostUnits.notify} "$out/hydra-notify.service"
+            cp ${hydraHostUnits.retry} "$out/nixos-hydra-upgrade-retry.service"
+            grep -q 'LoadCredential=nixos-hydra-upgrade-key:/run/keys/nixos-hydra-upgrade' "$out/hydra-notify.service"
           '';
 
           options-doc = pkgs.runCommand "nixos-hydra-upgrade-options-doc" { } ''

@@ -48,22 +48,69 @@ let
 
   validTime = t: builtins.match "([01][0-9]|2[0-3]):[0-5][0-9]" t != null;
 
-  # Flags that pick another target than the one Hydra built (the agent adds the target itself).
-  targetFlags = [
-    "--flake"
-    "--store-path"
-    "--upgrade"
-    "--upgrade-all"
-    "--update-input"
-    "--recreate-lock-file"
-    "--commit-lock-file"
-    "--rollback"
-    "--target-host"
-    "--build-host"
-  ];
-  badFlags = lib.filter (
-    f: builtins.elem (builtins.head (lib.splitString "=" f)) targetFlags
-  ) cfg.flags;
+  # Flags refused in `flags`, each with why (src/refused_flags.rs and docs/nixos.md list the
+  # same names and reasons; tests/nix_module_options.rs compares the three).
+  refusedFlags = {
+    "--flake" = "the agent passes the target itself (the flake of Hydra's evaluation)";
+    "-F" = "the agent passes the target itself (the flake of Hydra's evaluation)";
+    "--store-path" = "the agent passes the target itself (the store path Hydra built)";
+    "--no-flake" = "makes nixos-rebuild build /etc/nixos/configuration.nix instead of Hydra's build";
+    "--file" = "builds the system from another Nix file instead of deploying Hydra's build";
+    "-f" = "builds the system from another Nix file instead of deploying Hydra's build";
+    "--attr" = "builds another attribute instead of deploying Hydra's build";
+    "-A" = "builds another attribute instead of deploying Hydra's build";
+    "--include" =
+      "changes the search path the configuration is evaluated with, so another system is built";
+    "-I" = "changes the search path the configuration is evaluated with, so another system is built";
+    "--override-input" = "replaces a flake input, so the result is not the system Hydra built";
+    "--update-input" = "updates a flake input, so the result is not the system Hydra built";
+    "--recreate-lock-file" = "re-locks every flake input, so the result is not the system Hydra built";
+    "--commit-lock-file" = "writes the flake's lock file; the agent deploys, it never edits the flake";
+    "--impure" =
+      "lets the host's environment change the evaluation, so the result may differ from Hydra's build";
+    "--upgrade" = "updates root's channels and evaluates against them instead of Hydra's build";
+    "--upgrade-all" =
+      "updates all of root's channels and evaluates against them instead of Hydra's build";
+    "--rollback" = "activates the previous generation instead of Hydra's build";
+    "--profile-name" =
+      "installs into another profile, so the reboot decision and rollback read the wrong one (system.system_profile)";
+    "-p" =
+      "installs into another profile, so the reboot decision and rollback read the wrong one (system.system_profile)";
+    "--specialisation" =
+      "activates a specialisation, so the running system never equals the target and post-checks roll back";
+    "-c" =
+      "activates a specialisation, so the running system never equals the target and post-checks roll back";
+    "--target-host" = "deploys to another machine; the agent upgrades the host it runs on";
+    "--build-host" = "builds on another machine; the agent deploys what Hydra built, it does not build";
+  };
+  # The refused flag an argument spells, as argparse reads it: `--long`, `--long=value`, `-x`,
+  # `-xvalue`, or `x` after leading value-less short flags (`-Lp`); null for any other.
+  valuelessShort = lib.stringToCharacters "vkKLQsSh";
+  refusedName =
+    arg:
+    let
+      name =
+        if lib.hasPrefix "--" arg then
+          builtins.head (lib.splitString "=" arg)
+        else if lib.hasPrefix "-" arg then
+          let
+            first = lib.findFirst (c: !builtins.elem c valuelessShort) null (
+              lib.stringToCharacters (lib.removePrefix "-" arg)
+            );
+          in
+          if first == null then null else "-${first}"
+        else
+          null;
+    in
+    if name != null && refusedFlags ? ${name} then name else null;
+  flagAssertions = map (flag: {
+    assertion = false;
+    message = ''
+      ${opt}.flags contains "${flag}", which is refused: ${refusedFlags.${refusedName flag}}.
+      Remove it (the agent deploys exactly the build Hydra verified; to change flake inputs,
+      let Hydra build the updated lock file).
+    '';
+  }) (lib.filter (flag: refusedName flag != null) cfg.flags);
 
   # Keys of the agent's TOML that options of this module set; `settings` may not set them too.
   ownedKeys = [
@@ -284,9 +331,10 @@ in
         "10"
       ];
       description = ''
-        Extra arguments appended to every `nixos-rebuild` command. Flags that choose
-        another target (`--flake`, `--upgrade`, `--update-input`, …) are rejected: the
-        agent deploys exactly what Hydra built.
+        Extra arguments appended to every `nixos-rebuild` command. Flags that deploy
+        something other than Hydra's build or break the agent's checks (`--flake`,
+        `--profile-name`, `--specialisation`, `--override-input`, …; docs/nixos.md lists them
+        with the reasons) are refused by an assertion and by `check-config`.
       '';
     };
 
@@ -502,14 +550,6 @@ in
         '';
       }
       {
-        assertion = badFlags == [ ];
-        message = ''
-          ${opt}.flags contains ${lib.concatStringsSep ", " badFlags}: the agent chooses the
-          target itself (the build Hydra verified), and these flags would deploy something
-          else. Remove them; to update flake inputs, let Hydra build the updated lock file.
-        '';
-      }
-      {
         assertion =
           cfg.rebootWindow == null || (validTime cfg.rebootWindow.lower && validTime cfg.rebootWindow.upper);
         message = ''
@@ -547,7 +587,8 @@ in
           settings only for the other keys.
         '';
       }
-    ];
+    ]
+    ++ flagAssertions;
 
     warnings =
       lib.optional (cfg.secretFile == null) ''
@@ -585,11 +626,15 @@ in
       restartIfChanged = false;
       unitConfig.X-StopOnRemoval = false;
 
+      # nix fetches and diffs closures; nixos-rebuild activates; systemd-run (which
+      # nixos-rebuild runs switch-to-configuration under) and systemctl; git and ssh fetch
+      # git+… and git+ssh:// flakes, as nixpkgs' auto-upgrade.nix provides them.
       path = [
         config.nix.package.out
         config.system.build.nixos-rebuild
         config.systemd.package
-        pkgs.gitMinimal # flake activation fetches git+… flakes
+        pkgs.gitMinimal
+        config.programs.ssh.package
       ];
 
       # As system.autoUpgrade does: Nix and proxy settings, NIX_PATH, and a HOME for Nix's cache.

@@ -1,33 +1,42 @@
-//! The composition root: builds the agent's parts from `Settings` and runs server, worker and
-//! schedule under one shutdown token.
+//! The composition root: builds each component from `Settings` with exactly the parts it needs,
+//! and runs server, worker, schedule and hooks under one shutdown token. Nothing imports it.
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::{Listen, Settings};
-use crate::http::{self, Listener};
-use crate::hydra::{HydraClient, HydraError};
-use crate::ledger::{Loaded, StateError, StateStore};
+use crate::config::{Activation, Listen, Settings};
+use crate::hooks::Hooks;
+use crate::http::{self, Api, Listener};
+use crate::hydra::{HydraClient, HydraError, JobRef};
+use crate::intake::RequestIntake;
+use crate::ledger::{Ledger, LedgerError, Loaded};
 use crate::metrics::Metrics;
-use crate::queue::Queue;
+use crate::model::Phase;
+use crate::progress::Progress;
+use crate::recovery::Recovery;
 use crate::replay::ReplayGuard;
+use crate::schedule::Schedule;
 use crate::signature::{KeyError, Keys};
-use crate::upgrade::{self, PhaseCell};
+use crate::status::StatusView;
+use crate::upgrade::{Worker, self_update};
 
-/// How long `serve` waits for open requests after a shutdown signal before it exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// After a shutdown signal, how long the worker and hooks get to stop what they run: more than
+/// the runner's SIGTERM-to-SIGKILL grace (5 s), so a process group is never left half-killed,
+/// and within SPEC §8's 10 s.
+const STOP_GRACE: Duration = Duration::from_secs(8);
+/// How long open requests get to finish after the worker stopped.
+const SERVER_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error(transparent)]
-    State(#[from] StateError),
+    Ledger(#[from] LedgerError),
     #[error(transparent)]
     Hydra(#[from] HydraError),
     #[error("cannot listen on {listen}: {source}")]
@@ -39,134 +48,158 @@ pub enum AppError {
     Serve(std::io::Error),
 }
 
-/// Everything the server, the worker and the schedule share.
-pub struct Agent {
-    pub settings: Settings,
-    pub keys: Option<Keys>,
-    pub hydra: HydraClient,
-    pub queue: Queue,
-    pub store: StateStore,
-    pub phase: PhaseCell,
-    /// Upgrade requests being verified against Hydra right now.
-    pub verifying: AtomicUsize,
-    pub replay: ReplayGuard,
-    pub metrics: Metrics,
-    /// Work that outlives an attempt (its hooks); waited for at shutdown.
-    pub background: tokio_util::task::TaskTracker,
-    next_poll: Mutex<Option<String>>,
-}
-
-impl Agent {
-    pub fn new(settings: Settings) -> Result<Agent, AppError> {
-        let keys = match &settings.secret_file {
-            Some(path) => Some(Keys::load(path)?),
-            None => None,
-        };
-        let metrics = Metrics::new();
-        let hydra = HydraClient::new(&settings)?.observed_by(Arc::new(metrics.hydra.clone()));
-        let (store, loaded) = StateStore::open(&settings.state_dir)?;
-        match loaded {
-            Loaded::Fresh => {
-                tracing::info!(state_dir = %settings.state_dir.display(), "no state yet")
-            }
-            Loaded::Existing => {}
-            Loaded::MovedAside { to, reason } => tracing::error!(
-                moved_to = %to.display(), reason = %reason,
-                "state file unreadable; moved aside: deployed build unknown, no downgrade until it is learned"
-            ),
-        }
-        let state = store.snapshot();
-        let queue = Queue::new(
-            state.deployed.as_ref().map(|d| d.build),
-            state.rolled_back.iter().copied(),
-        );
-        Ok(Agent {
-            replay: ReplayGuard::open(
-                &settings.state_dir.join("seen-ids.json"),
-                settings.signature_tolerance.as_secs(),
-                jiff::Timestamp::now().as_second(),
-            ),
-            keys,
-            hydra,
-            queue,
-            store,
-            phase: PhaseCell::default(),
-            verifying: AtomicUsize::new(0),
-            metrics,
-            background: tokio_util::task::TaskTracker::new(),
-            next_poll: Mutex::new(None),
-            settings,
-        })
-    }
-
-    /// The next scheduled poll as RFC 3339 with offset, if any.
-    pub fn next_poll(&self) -> Option<String> {
-        self.next_poll
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn set_next_poll(&self, next: Option<String>) {
-        *self.next_poll.lock().unwrap_or_else(|p| p.into_inner()) = next;
-    }
-}
-
-/// A started agent: its address and the tasks to wait for.
+/// A started agent: its address, its status, and the tasks to wait for.
 pub struct Running {
-    pub agent: Arc<Agent>,
     pub address: String,
     server: JoinHandle<std::io::Result<()>>,
     worker: JoinHandle<()>,
+    background: TaskTracker,
 }
 
-/// Binds the listener and starts server and worker; returns once the listener accepts.
+/// Builds the parts, binds the listener and starts everything; returns once the listener accepts.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Running, AppError> {
     crate::systemd_notify::init();
-    let agent = Arc::new(Agent::new(settings)?);
-    if agent.keys.is_none() {
-        tracing::warn!(
-            "no secret_file: every POST /v1/upgrade answers 401; only the schedule upgrades"
-        );
+    let settings = Arc::new(settings);
+    let keys = match &settings.secret_file {
+        Some(path) => Some(Keys::load(path)?),
+        None => {
+            tracing::warn!(
+                "no secret_file: every POST /v1/upgrade answers 401; only the schedule upgrades"
+            );
+            None
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let hydra = HydraClient::new(JobRef {
+        instance: settings.hydra_instance.clone(),
+        project: settings.hydra_project.clone(),
+        jobset: settings.hydra_jobset.clone(),
+        job: settings.hydra_job.clone(),
+        timeout: settings.hydra_timeout,
+        flake: settings.activation == Activation::Flake,
+    })?
+    .observed_by(Arc::new(metrics.hydra.clone()));
+    let (ledger, loaded) = Ledger::open(&settings.state_dir)?;
+    log_loaded(&settings, loaded);
+    let ledger = Arc::new(ledger);
+    let progress = Arc::new(Progress::default());
+    let background = TaskTracker::new();
+
+    let recovery = Recovery {
+        hydra: hydra.clone(),
+        ledger: ledger.clone(),
+        current_system: settings.system.current_system.clone(),
+    };
+    background.spawn(recovery.clone().learn());
+    let intake = Arc::new(RequestIntake {
+        hydra,
+        ledger: ledger.clone(),
+        progress: progress.clone(),
+        recovery,
+    });
+    let hooks = Hooks::start(
+        settings.hooks.clone(),
+        settings.host.clone(),
+        settings.hydra_instance.clone(),
+        metrics.hook_counter(),
+        &background,
+        shutdown.clone(),
+    );
+    let status = Arc::new(StatusView {
+        settings: settings.clone(),
+        ledger: ledger.clone(),
+        progress: progress.clone(),
+    });
+    let api = Arc::new(Api {
+        keys,
+        signature_tolerance: settings.signature_tolerance,
+        replay: ReplayGuard::open(
+            &settings.state_dir.join("seen-ids.json"),
+            settings.signature_tolerance.as_secs(),
+            jiff::Timestamp::now().as_second(),
+        ),
+        intake: intake.clone(),
+        metrics: metrics.clone(),
+        status,
+    });
+    let schedule = Schedule {
+        dates: settings.dates.clone(),
+        randomized_delay: settings.randomized_delay,
+        persistent: settings.persistent,
+        intake,
+        ledger: ledger.clone(),
+        progress: progress.clone(),
+    };
+    if let Some(running) = self_update::Running::this_process() {
+        let (ledger, progress) = (ledger.clone(), progress.clone());
+        let idle = move || {
+            let state = ledger.snapshot();
+            progress.live().phase == Phase::Idle
+                && state.pending.is_none()
+                && state.running.is_none()
+                && state.in_flight.is_none()
+        };
+        background.spawn(self_update::watch_foreign_switch(
+            settings.system.unit.clone(),
+            settings.system.current_system.clone(),
+            running,
+            self_update::WATCH_EVERY,
+            idle,
+            shutdown.clone(),
+        ));
     }
-    upgrade::settle_interrupted(&agent);
-    tokio::spawn(crate::recovery::learn(agent.clone()));
-    let listener = bind(&agent.settings.listen).await?;
+    let worker = Worker {
+        settings: settings.clone(),
+        ledger,
+        progress,
+        metrics,
+        hooks,
+        conditions: Vec::new(),
+        shutdown: shutdown.clone(),
+    };
+
+    let listener = bind(&settings.listen).await?;
     let address = listener.describe();
-    let server = tokio::spawn(http::serve(
-        listener,
-        http::router(agent.clone()),
-        shutdown.clone(),
-    ));
-    let worker = tokio::spawn(upgrade::run_worker(agent.clone(), shutdown.clone()));
-    tokio::spawn(crate::schedule::run_schedule(
-        agent.clone(),
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(http::serve(listener, http::router(api), shutdown.clone()));
+    let worker = tokio::spawn(worker.run());
+    background.spawn(schedule.run(shutdown.clone()));
     tracing::info!(
-        listen = %address, host = %agent.settings.host,
-        job = %format!("{}:{}:{}", agent.settings.hydra_project, agent.settings.hydra_jobset, agent.settings.hydra_job),
-        dry_run = agent.settings.dry_run, "agent started"
+        listen = %address, host = %settings.host,
+        job = %format!("{}:{}:{}", settings.hydra_project, settings.hydra_jobset, settings.hydra_job),
+        dry_run = settings.dry_run, "agent started"
     );
     crate::systemd_notify::ready(&address);
     Ok(Running {
-        agent,
         address,
         server,
         worker,
+        background,
     })
 }
 
+fn log_loaded(settings: &Settings, loaded: Loaded) {
+    match loaded {
+        Loaded::Fresh => {
+            tracing::info!(state_dir = %settings.state_dir.display(), "no state yet")
+        }
+        Loaded::Existing => {}
+        Loaded::MovedAside { to, reason } => tracing::error!(
+            moved_to = %to.display(), reason = %reason,
+            "state file unreadable; moved aside: deployed build unknown, no downgrade until it is learned"
+        ),
+    }
+}
+
 impl Running {
-    /// Waits until the shutdown token fires and the parts stop (bounded by a grace period).
+    /// Waits until the shutdown token fires (or the server fails), then stops the parts: what
+    /// they run is killed with its process group, all within `STOP_GRACE + SERVER_GRACE`.
     pub async fn wait(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let Running {
-            agent,
-            server,
+            mut server,
             worker,
+            background,
             ..
         } = self;
-        let mut server = server;
         let ended = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown.cancelled() => None,
@@ -174,19 +207,17 @@ impl Running {
         // A signal, the worker after replacing the agent's own unit, or the server failing.
         shutdown.cancel();
         crate::systemd_notify::stopping();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, worker).await;
-        // Hooks of the last attempt finish (each is bounded by hooks.timeout) before the exit.
-        agent.background.close();
-        let hooks_bound = agent.settings.hooks.timeout.saturating_mul(4) + SHUTDOWN_GRACE;
-        if tokio::time::timeout(hooks_bound, agent.background.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("hooks still running at exit were stopped");
+        background.close();
+        let stopped = async {
+            let _ = worker.await;
+            background.wait().await;
+        };
+        if tokio::time::timeout(STOP_GRACE, stopped).await.is_err() {
+            tracing::warn!("the worker or a hook did not stop in time; exiting anyway");
         }
         match ended {
             Some(result) => flatten(result),
-            None => match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            None => match tokio::time::timeout(SERVER_GRACE, server).await {
                 Ok(result) => flatten(result),
                 Err(_) => Ok(()),
             },
@@ -225,7 +256,7 @@ async fn bind(listen: &Listen) -> Result<Listener, AppError> {
     }
 }
 
-/// `serve`: runs until SIGTERM or SIGINT.
+/// `serve`: runs until SIGTERM or SIGINT (exit 0); SIGHUP is ignored (SPEC §8).
 pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     let running = start(settings, shutdown.clone()).await?;
@@ -238,20 +269,24 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     running.wait(shutdown).await
 }
 
+/// SIGTERM or SIGINT; SIGHUP is received and ignored so it cannot kill the agent mid-activation.
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP ignored: stop with SIGTERM, reconfigure by restarting the unit");
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -1,17 +1,18 @@
 //! Operator hooks: commands run after an attempt with it described in `NIXOS_HYDRA_UPGRADE_*`
 //! variables, bounded by a timeout, their failure logged and never failing the attempt.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::app::Agent;
-use crate::config::Hook;
+use crate::config::{Hook, HooksConfig};
 use crate::metrics::HookCounter;
-use crate::model::{Attempt, Reboot};
+use crate::model::Attempt;
 use crate::upgrade::runner::{CommandRunner, RunError};
-
-/// A hook to run: which, its argv, its environment.
-type HookRun = (Hook, Vec<String>, Vec<(String, String)>);
 
 /// The attempt as `NIXOS_HYDRA_UPGRADE_*` variables.
 pub fn environment(
@@ -27,15 +28,6 @@ pub fn environment(
         .map(|c| c.name.as_str())
         .collect();
     let duration = (attempt.finished_at.as_second() - attempt.started_at.as_second()).max(0);
-    let reboot = match attempt.reboot {
-        Reboot::None => "none",
-        Reboot::Scheduled => "scheduled",
-        Reboot::Deferred => "deferred",
-    };
-    let source = serde_json::to_value(attempt.source)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
     [
         ("EVENT", hook.event().to_owned()),
         ("HOST", host.to_owned()),
@@ -50,8 +42,8 @@ pub fn environment(
         ),
         ("OUTCOME", attempt.outcome.as_str().to_owned()),
         ("ERROR", attempt.error.clone().unwrap_or_default()),
-        ("REBOOT", reboot.to_owned()),
-        ("SOURCE", source),
+        ("REBOOT", attempt.reboot.as_str().to_owned()),
+        ("SOURCE", attempt.source.as_str().to_owned()),
         ("HYDRA_URL", build_url.to_owned()),
         ("STARTED_AT", attempt.started_at.to_string()),
         ("FINISHED_AT", attempt.finished_at.to_string()),
@@ -63,61 +55,145 @@ pub fn environment(
     .collect()
 }
 
-/// Starts the hooks `attempt` fires, in the background, one after the other.
-pub fn after_attempt(agent: &Agent, attempt: &Attempt) {
-    let config = &agent.settings.hooks;
-    let hooks = config.fired(attempt);
-    if hooks.is_empty() {
-        return;
-    }
-    if tokio::runtime::Handle::try_current().is_err() {
-        return;
-    }
-    let jobs: Vec<HookRun> = hooks
-        .into_iter()
-        .map(|h| {
-            let url = agent.settings.build_url(attempt.build);
-            let env = environment(h, attempt, &agent.settings.host, &url);
-            (h, config.argv(h).to_vec(), env)
-        })
-        .collect();
-    let runner = CommandRunner {
-        timeout: config.timeout,
-        dry_run: false,
-        cancel: CancellationToken::new(),
-    };
-    let counter = agent.metrics.hook_counter();
-    let span = tracing::info_span!("hooks", build = attempt.build);
-    agent
-        .background
-        .spawn(run_all(runner, jobs, counter).instrument(span));
+/// Hooks waiting behind the running one; when full, the oldest is dropped (with a log line), so
+/// a burst of failing attempts cannot pile up commands.
+const QUEUE_LEN: usize = 4;
+
+/// A hook to run: which, for which build, its argv and environment.
+struct HookRun {
+    hook: Hook,
+    build: u64,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
-async fn run_all(runner: CommandRunner, jobs: Vec<HookRun>, counter: HookCounter) {
-    for (hook, argv, env) in jobs {
-        tracing::info!(hook = hook.key(), "running hook");
-        let result = match runner.run_with_env(&argv, &env).await {
-            Ok(()) => "ok",
-            Err(RunError::Timeout { .. }) => "timeout",
-            Err(_) => "failed",
+/// The hooks component: queues the hooks a settled attempt fires and runs them one at a time.
+#[derive(Clone)]
+pub struct Hooks {
+    config: HooksConfig,
+    host: String,
+    hydra_instance: String,
+    queue: Arc<Mutex<VecDeque<HookRun>>>,
+    wake: Arc<Notify>,
+    /// Hooks queued or running, for `drain`.
+    outstanding: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Hooks {
+    /// Starts the runner on `tracker`; it stops (killing a running hook) when `shutdown` fires.
+    pub fn start(
+        config: HooksConfig,
+        host: String,
+        hydra_instance: String,
+        counter: HookCounter,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Hooks {
+        let hooks = Hooks {
+            config,
+            host,
+            hydra_instance,
+            queue: Arc::default(),
+            wake: Arc::default(),
+            outstanding: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
-        if result != "ok" {
-            tracing::warn!(
-                hook = hook.key(),
-                result,
-                "hook did not succeed; the attempt stands"
-            );
-        }
-        counter.inc(hook.key(), result);
+        tracker.spawn(hooks.clone().run(counter, shutdown));
+        hooks
     }
+
+    /// Queues the hooks `attempt` fires (a settled outcome).
+    pub fn after_attempt(&self, attempt: &Attempt) {
+        let fired = self.config.fired(attempt);
+        if fired.is_empty() {
+            return;
+        }
+        let url = format!("{}/build/{}", self.hydra_instance, attempt.build);
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        for hook in fired {
+            if queue.len() >= QUEUE_LEN
+                && let Some(dropped) = queue.pop_front()
+            {
+                tracing::warn!(
+                    hook = dropped.hook.key(),
+                    dropped_build = dropped.build,
+                    "hook queue full: the oldest queued hook is dropped"
+                );
+                self.outstanding.send_modify(|n| *n = n.saturating_sub(1));
+            }
+            self.outstanding.send_modify(|n| *n += 1);
+            queue.push_back(HookRun {
+                hook,
+                build: attempt.build,
+                argv: self.config.argv(hook).to_vec(),
+                env: environment(hook, attempt, &self.host, &url),
+            });
+        }
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Waits (at most `bound`) until every queued hook has run: before the agent exits on its
+    /// own (its unit was replaced), so the last attempt's hooks are not cut short.
+    pub async fn drain(&self, bound: std::time::Duration) {
+        let mut outstanding = self.outstanding.subscribe();
+        let drained = outstanding.wait_for(|n| *n == 0);
+        if tokio::time::timeout(bound, drained).await.is_err() {
+            tracing::warn!("hooks still running; exiting anyway");
+        }
+    }
+
+    async fn run(self, counter: HookCounter, shutdown: CancellationToken) {
+        let runner = CommandRunner {
+            timeout: self.config.timeout,
+            dry_run: false,
+            cancel: shutdown.clone(),
+        };
+        loop {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            let Some(run) = next else {
+                tokio::select! {
+                    () = self.wake.notified() => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            };
+            let span = tracing::info_span!("hook", build = run.build);
+            let result = run_one(&runner, &run).instrument(span).await;
+            counter.inc(run.hook.key(), result);
+            self.outstanding.send_modify(|n| *n = n.saturating_sub(1));
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+}
+
+async fn run_one(runner: &CommandRunner, run: &HookRun) -> &'static str {
+    tracing::info!(hook = run.hook.key(), "running hook");
+    let result = match runner.run_with_env(&run.argv, &run.env).await {
+        Ok(()) => "ok",
+        Err(RunError::Timeout { .. }) => "timeout",
+        Err(_) => "failed",
+    };
+    if result != "ok" {
+        tracing::warn!(
+            hook = run.hook.key(),
+            result,
+            "hook did not succeed; the attempt stands"
+        );
+    }
+    result
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::config::{HookError, HooksConfig};
-    use crate::model::Outcome;
+    use crate::config::HookError;
+    use crate::model::{Outcome, Reboot};
     use crate::model::{Source, now};
     use std::time::Duration;
 

@@ -11,12 +11,15 @@ pub mod model;
 pub mod calendar;
 pub mod config;
 pub mod health;
+pub mod host;
 pub mod hydra;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod progress;
 pub mod queue;
+pub mod refused_flags;
 pub mod replay;
 pub mod rollout;
 pub mod signature;
@@ -29,6 +32,7 @@ pub mod http;
 pub mod intake;
 pub mod recovery;
 pub mod schedule;
+pub mod status;
 pub mod upgrade;
 
 // The command line.

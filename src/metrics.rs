@@ -12,8 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry, Unit};
 
-use crate::ledger::PersistedState;
-use crate::model::{Attempt, Outcome, Phase, Reboot};
+use std::collections::VecDeque;
+
+use crate::model::{Attempt, Deployed, Outcome, Phase, Reboot};
 
 type Labels = Vec<(&'static str, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -32,7 +33,7 @@ pub struct HydraMetrics {
     newest_green: std::sync::Arc<AtomicU64>,
 }
 
-impl crate::hydra::RequestObserver for HydraMetrics {
+impl crate::model::RequestObserver for HydraMetrics {
     fn request(&self, endpoint: &'static str, elapsed: Duration, ok: bool) {
         let labels = vec![("endpoint", endpoint.to_owned())];
         self.latency
@@ -70,7 +71,9 @@ impl HookCounter {
 
 /// What a scrape reads from the agent.
 pub struct Scrape<'a> {
-    pub state: &'a PersistedState,
+    pub deployed: Option<&'a Deployed>,
+    /// Newest first.
+    pub history: &'a VecDeque<Attempt>,
     pub phase: Phase,
     pub phase_elapsed: Duration,
     pub pending: Option<u64>,
@@ -320,9 +323,8 @@ impl Metrics {
 
     /// Prometheus (OpenMetrics) text for the current moment.
     pub fn render(&self, scrape: &Scrape<'_>) -> String {
-        let state = scrape.state;
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let deployed = state.deployed.as_ref();
+        let deployed = scrape.deployed;
         self.deployed_build
             .set(deployed.map_or(0, |d| to_i64(d.build)));
         self.deployed_at
@@ -337,7 +339,7 @@ impl Metrics {
                 .set(1);
         }
         // Every attempt in the history was verified green by Hydra: that survives a restart.
-        let seen = state.history.iter().map(|a| a.build);
+        let seen = scrape.history.iter().map(|a| a.build);
         let newest = seen
             .chain(deployed.map(|d| d.build))
             .max()
@@ -353,7 +355,7 @@ impl Metrics {
                 .set(i64::from(p == scrape.phase));
         }
         self.phase_elapsed.set(scrape.phase_elapsed.as_secs_f64());
-        let last = state.history.front();
+        let last = scrape.history.front();
         let deferred = last.is_some_and(|a| a.reboot == Reboot::Deferred);
         self.reboot_deferred.set(i64::from(deferred));
         self.reboot_needed
@@ -370,14 +372,14 @@ impl Metrics {
             self.last_outcome
                 .get_or_create(&labels)
                 .set(i64::from(last.is_some_and(|a| a.outcome == outcome)));
-            let when = state
+            let when = scrape
                 .history
                 .iter()
                 .find(|a| a.outcome == outcome)
                 .map_or(0.0, |a| a.finished_at.as_second() as f64);
             self.last_finish.get_or_create(&labels).set(when);
         }
-        self.fill_checks(state);
+        self.fill_checks(scrape.history);
         self.next_poll
             .set(scrape.next_poll.map_or(0.0, |t| t as f64));
         let mut text = String::new();
@@ -388,10 +390,10 @@ impl Metrics {
     }
 
     /// Each configured check's latest result; check names come from the config, so they are bounded.
-    fn fill_checks(&self, state: &PersistedState) {
+    fn fill_checks(&self, history: &VecDeque<Attempt>) {
         let mut latest: BTreeMap<(String, String), (bool, u64)> = BTreeMap::new();
         // Oldest first, so newer results (and a check re-run after a rollback) win.
-        for attempt in state.history.iter().rev() {
+        for attempt in history.iter().rev() {
             for check in &attempt.checks {
                 latest.insert(
                     (check.name.clone(), check.kind.clone()),

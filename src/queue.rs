@@ -1,11 +1,5 @@
-//! The single-slot mailbox between intake and the worker: newest build wins, nothing goes backwards
-//! unless forced.
-
-use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard};
-
-use crate::model::Job;
-use tokio::sync::Notify;
+//! The queue's rules (SPEC §6): one slot, newest build wins, nothing goes backwards unless forced.
+//! Pure: the ledger holds the jobs and asks these rules under its lock.
 
 /// What to do with a request for a build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,101 +12,23 @@ pub enum Decision {
     Refused(String),
 }
 
-#[derive(Default)]
-struct Slots {
-    deployed: Option<u64>,
-    running: Option<Job>,
-    pending: Option<Job>,
-    rolled_back: BTreeSet<u64>,
+/// Where the builds stand, as the ledger knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing<'a> {
+    pub deployed: Option<u64>,
+    /// Taken by the worker (or in flight since before a restart).
+    pub running: Option<u64>,
+    pub pending: Option<u64>,
+    pub rolled_back: &'a [u64],
 }
 
-pub struct Queue {
-    slots: Mutex<Slots>,
-    wake: Notify,
-}
-
-impl Queue {
-    pub fn new(deployed: Option<u64>, rolled_back: impl IntoIterator<Item = u64>) -> Queue {
-        Queue {
-            slots: Mutex::new(Slots {
-                deployed,
-                rolled_back: rolled_back.into_iter().collect(),
-                ..Slots::default()
-            }),
-            wake: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether a request for `build` deserves a question to Hydra.
-    pub fn decide(&self, build: u64, force: bool) -> Decision {
-        decide(&self.lock(), build, force)
-    }
-
-    /// Queues a verified job unless the slots moved on while Hydra was asked.
-    pub fn offer(&self, job: Job) -> Decision {
-        let mut slots = self.lock();
-        let decision = decide(&slots, job.target.build, job.force);
-        if decision == Decision::Proceed {
-            slots.pending = Some(job);
-            self.wake.notify_one();
-        }
-        decision
-    }
-
-    /// Waits for a pending job and marks it running.
-    pub async fn next(&self) -> Job {
-        loop {
-            {
-                let mut slots = self.lock();
-                if let Some(job) = slots.pending.take() {
-                    slots.running = Some(job.clone());
-                    return job;
-                }
-            }
-            self.wake.notified().await;
-        }
-    }
-
-    /// The running job ended; `deployed` is the build now on the host, if it changed.
-    pub fn finish(&self, deployed: Option<u64>, rolled_back: Option<u64>) {
-        let mut slots = self.lock();
-        slots.running = None;
-        if deployed.is_some() {
-            slots.deployed = deployed;
-        }
-        slots.rolled_back.extend(rolled_back);
-    }
-
-    /// The deployed build, learned after it was unknown (state moved aside); never lowers it.
-    pub fn learn_deployed(&self, build: u64) {
-        let mut slots = self.lock();
-        if slots.deployed.is_none_or(|d| d < build) {
-            slots.deployed = Some(build);
-        }
-    }
-
-    pub fn pending(&self) -> Option<Job> {
-        self.lock().pending.clone()
-    }
-
-    pub fn running(&self) -> Option<Job> {
-        self.lock().running.clone()
-    }
-
-    /// How many jobs wait or run (0, 1 or 2).
-    pub fn depth(&self) -> usize {
-        let slots = self.lock();
-        usize::from(slots.pending.is_some()) + usize::from(slots.running.is_some())
-    }
-}
-
-fn decide(slots: &Slots, build: u64, force: bool) -> Decision {
-    let running = slots.running.as_ref().map(|j| j.target.build);
-    let pending = slots.pending.as_ref().map(|j| j.target.build);
+pub fn decide(standing: &Standing<'_>, build: u64, force: bool) -> Decision {
+    let Standing {
+        deployed,
+        running,
+        pending,
+        rolled_back,
+    } = *standing;
     if running == Some(build) {
         return Decision::Current(format!("build {build} is being deployed now"));
     }
@@ -122,7 +38,7 @@ fn decide(slots: &Slots, build: u64, force: bool) -> Decision {
     if force {
         return Decision::Proceed;
     }
-    match slots.deployed {
+    match deployed {
         Some(d) if d == build => {
             return Decision::Current(format!("build {build} is already deployed"));
         }
@@ -133,7 +49,7 @@ fn decide(slots: &Slots, build: u64, force: bool) -> Decision {
         }
         _ => {}
     }
-    if slots.rolled_back.contains(&build) {
+    if rolled_back.contains(&build) {
         return Decision::Refused(format!(
             "build {build} failed its post-checks and was rolled back; use force to retry it"
         ));
@@ -148,27 +64,8 @@ fn decide(slots: &Slots, build: u64, force: bool) -> Decision {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::{Source, StorePath, Target};
-    use jiff::Timestamp;
-
-    fn job(build: u64, force: bool) -> Job {
-        Job {
-            target: Target {
-                build,
-                path: StorePath::parse(&format!(
-                    "/nix/store/00000000000000000000000000000000-{build}"
-                ))
-                .unwrap(),
-                flake: None,
-            },
-            source: Source::Hydra,
-            force,
-            received_at: Timestamp::UNIX_EPOCH,
-        }
-    }
 
     fn kind(d: Decision) -> &'static str {
         match d {
@@ -180,37 +77,46 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let q = Queue::new(Some(10), [12]);
-        assert_eq!(kind(q.decide(10, false)), "current");
-        assert_eq!(kind(q.decide(9, false)), "refused");
-        assert_eq!(kind(q.decide(9, true)), "proceed");
-        assert_eq!(kind(q.decide(10, true)), "proceed");
-        assert_eq!(kind(q.decide(12, false)), "refused");
-        assert_eq!(kind(q.decide(12, true)), "proceed");
-        assert_eq!(kind(q.offer(job(15, false))), "proceed");
-        assert_eq!(kind(q.decide(15, false)), "current");
-        assert_eq!(kind(q.decide(15, true)), "current");
-        assert_eq!(kind(q.decide(14, false)), "current");
-        assert_eq!(kind(q.offer(job(16, false))), "proceed");
-        assert_eq!(q.pending().unwrap().target.build, 16);
-        assert_eq!(kind(q.offer(job(11, true))), "proceed");
-        assert_eq!(q.pending().unwrap().target.build, 11);
-    }
-
-    #[tokio::test]
-    async fn newest_wins_and_finish_updates_deployed() {
-        let q = Queue::new(None, []);
-        for build in [3, 7, 5, 6] {
-            q.offer(job(build, false));
+        let rolled_back = [12];
+        let idle = Standing {
+            deployed: Some(10),
+            running: None,
+            pending: None,
+            rolled_back: &rolled_back,
+        };
+        let cases = [
+            (idle, 10, false, "current"),
+            (idle, 9, false, "refused"),
+            (idle, 9, true, "proceed"),
+            (idle, 10, true, "proceed"),
+            (idle, 12, false, "refused"),
+            (idle, 12, true, "proceed"),
+            (idle, 13, false, "proceed"),
+        ];
+        let queued = Standing {
+            pending: Some(15),
+            ..idle
+        };
+        let busy = Standing {
+            running: Some(15),
+            ..idle
+        };
+        let more = [
+            (queued, 15, false, "current"),
+            (queued, 15, true, "current"),
+            (queued, 14, false, "current"),
+            (queued, 16, false, "proceed"),
+            (queued, 11, true, "proceed"),
+            (busy, 15, true, "current"),
+            (busy, 14, false, "current"),
+            (busy, 16, false, "proceed"),
+        ];
+        for (standing, build, force, expected) in cases.into_iter().chain(more) {
+            assert_eq!(
+                kind(decide(&standing, build, force)),
+                expected,
+                "{standing:?} build {build} force {force}"
+            );
         }
-        let taken = q.next().await;
-        assert_eq!(taken.target.build, 7);
-        assert_eq!(q.depth(), 1);
-        assert_eq!(kind(q.decide(7, false)), "current");
-        assert_eq!(kind(q.decide(6, false)), "current");
-        q.finish(Some(7), None);
-        assert_eq!(q.depth(), 0);
-        assert_eq!(kind(q.decide(6, false)), "refused");
-        assert_eq!(kind(q.decide(8, false)), "proceed");
     }
 }

@@ -9,9 +9,12 @@
 //! A forced manual request is the operator's word and passes. The guard ends as soon as any
 //! attempt records a deployed build, or at start-up when `current_system` is Hydra's newest.
 
-use crate::app::Agent;
-use crate::hydra::HydraError;
-use crate::upgrade::resolve_link;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::hydra::{HydraClient, HydraError};
+use crate::ledger::Ledger;
+use crate::model::{Deployed, now};
 
 /// Why a request was stopped while the deployed build is unknown.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,80 +28,82 @@ pub enum RecoveryError {
     Hydra(#[from] HydraError),
 }
 
-/// Whether the guard applies now.
-pub fn active(agent: &Agent) -> bool {
-    let state = agent.store.snapshot();
-    state.deployed_unknown && state.deployed.is_none()
+/// The recovery component: what it needs to learn the deployed build again.
+#[derive(Clone)]
+pub struct Recovery {
+    pub hydra: HydraClient,
+    pub ledger: Arc<Ledger>,
+    pub current_system: PathBuf,
 }
 
-/// Lets an unforced request for `build` through only if it cannot be a downgrade.
-/// `newest` is Hydra's newest build when the caller asked for it already.
-pub async fn check(
-    agent: &Agent,
-    build: u64,
-    force: bool,
-    newest: Option<u64>,
-) -> Result<(), RecoveryError> {
-    if force || !active(agent) {
-        return Ok(());
+impl Recovery {
+    /// Whether the guard applies now.
+    pub fn active(&self) -> bool {
+        let state = self.ledger.snapshot();
+        state.deployed_unknown && state.deployed.is_none()
     }
-    let newest = match newest {
-        Some(n) => n,
-        None => agent.hydra.latest().await?,
-    };
-    if build >= newest {
-        return Ok(());
-    }
-    let target = agent.hydra.verify(build).await?;
-    if running_path(agent).as_deref() == Some(target.path.as_str()) {
-        return Ok(());
-    }
-    Err(RecoveryError::Older { build, newest })
-}
 
-/// At start-up: if the host runs Hydra's newest build, that is the deployed build.
-pub async fn learn(agent: std::sync::Arc<Agent>) {
-    if !active(&agent) {
-        return;
-    }
-    let learned = async {
-        let newest = agent.hydra.latest().await?;
-        let target = agent.hydra.verify(newest).await?;
-        Ok::<_, HydraError>(
-            (running_path(&agent).as_deref() == Some(target.path.as_str())).then_some(target),
-        )
-    }
-    .await;
-    match learned {
-        Ok(Some(target)) => {
-            let saved = agent.store.update(|s| {
-                if s.deployed.is_none() {
-                    s.deployed = Some(crate::model::Deployed {
-                        build: target.build,
-                        path: target.path.clone(),
-                        at: crate::model::now(),
-                    });
-                }
-                s.deployed_unknown = false;
-            });
-            match saved {
-                Ok(()) => {
-                    agent.queue.learn_deployed(target.build);
-                    tracing::info!(build = target.build, path = %target.path,
-                        "deployed build learned: current_system is Hydra's newest build");
-                }
-                Err(e) => tracing::error!(error = %e, "cannot save the learned deployed build"),
-            }
+    /// Lets an unforced request for `build` through only if it cannot be a downgrade.
+    /// `newest` is Hydra's newest build when the caller asked for it already.
+    pub async fn check(
+        &self,
+        build: u64,
+        force: bool,
+        newest: Option<u64>,
+    ) -> Result<(), RecoveryError> {
+        if force || !self.active() {
+            return Ok(());
         }
-        Ok(None) => tracing::warn!(
-            "deployed build unknown and current_system is not Hydra's newest build: \
-             until one is deployed, only the newest build is accepted without force"
-        ),
-        Err(e) => tracing::warn!(error = %e,
-            "deployed build unknown and Hydra cannot tell now: each request asks it again"),
+        let newest = match newest {
+            Some(n) => n,
+            None => self.hydra.latest().await?,
+        };
+        if build >= newest {
+            return Ok(());
+        }
+        let target = self.hydra.verify(build).await?;
+        if self.running_path().as_deref() == Some(target.path.as_str()) {
+            return Ok(());
+        }
+        Err(RecoveryError::Older { build, newest })
     }
-}
 
-fn running_path(agent: &Agent) -> Option<String> {
-    resolve_link(&agent.settings.system.current_system).map(|p| p.display().to_string())
+    /// At start-up: if the host runs Hydra's newest build, that is the deployed build.
+    pub async fn learn(self) {
+        if !self.active() {
+            return;
+        }
+        let learned = async {
+            let newest = self.hydra.latest().await?;
+            let target = self.hydra.verify(newest).await?;
+            Ok::<_, HydraError>(
+                (self.running_path().as_deref() == Some(target.path.as_str())).then_some(target),
+            )
+        }
+        .await;
+        match learned {
+            Ok(Some(target)) => {
+                let deployed = Deployed {
+                    build: target.build,
+                    path: target.path.clone(),
+                    at: now(),
+                };
+                match self.ledger.learn_deployed(deployed).await {
+                    Ok(()) => tracing::info!(build = target.build, path = %target.path,
+                        "deployed build learned: current_system is Hydra's newest build"),
+                    Err(e) => tracing::error!(error = %e, "cannot save the learned deployed build"),
+                }
+            }
+            Ok(None) => tracing::warn!(
+                "deployed build unknown and current_system is not Hydra's newest build: \
+                 until one is deployed, only the newest build is accepted without force"
+            ),
+            Err(e) => tracing::warn!(error = %e,
+                "deployed build unknown and Hydra cannot tell now: each request asks it again"),
+        }
+    }
+
+    fn running_path(&self) -> Option<String> {
+        crate::host::resolved(&self.current_system)
+    }
 }

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The notifier for this process, read from the environment once (`init`).
@@ -30,7 +30,6 @@ pub enum NotifyError {
 pub struct Notifier {
     socket: String,
     watchdog: Option<Duration>,
-    build: Mutex<Option<u64>>,
 }
 
 impl Notifier {
@@ -48,11 +47,7 @@ impl Notifier {
             .and_then(|u| u.parse::<u64>().ok())
             .filter(|&u| u > 0 && for_us)
             .map(Duration::from_micros);
-        Some(Notifier {
-            socket,
-            watchdog,
-            build: Mutex::new(None),
-        })
+        Some(Notifier { socket, watchdog })
     }
 
     /// Sends one datagram of `KEY=value` lines; abstract sockets start with '@'.
@@ -106,17 +101,8 @@ pub fn stopping() {
     send("STOPPING=1\nSTATUS=stopping");
 }
 
-/// Which build the worker works on, for the STATUS line.
-pub fn attempt(build: Option<u64>) {
-    if let Some(n) = notifier() {
-        *n.build.lock().unwrap_or_else(|p| p.into_inner()) = build;
-    }
-}
-
 /// STATUS= with the worker's phase (and build), as `systemctl status` shows it.
-pub fn phase(phase: &str) {
-    let Some(n) = notifier() else { return };
-    let build = *n.build.lock().unwrap_or_else(|p| p.into_inner());
+pub fn status(phase: &str, build: Option<u64>) {
     match build {
         Some(build) if phase != "idle" => send(&format!("STATUS={phase} build {build}")),
         _ => send(&format!("STATUS={phase}")),
@@ -180,7 +166,6 @@ mod tests {
         Notifier {
             socket,
             watchdog: None,
-            build: Mutex::new(None),
         }
     }
 

@@ -36,7 +36,7 @@ async fn store_path_activation_for_each_operation() {
         assert_eq!(
             calls,
             [format!(
-                "nixos-rebuild {op} --store-path {} --option cores 2",
+                "nixos-rebuild {op} --store-path {} --no-reexec --option cores 2",
                 out()
             )]
         );
@@ -87,8 +87,8 @@ async fn reboot_allowed_same_kernel_switches_live() {
     assert_eq!(
         calls,
         [
-            format!("nixos-rebuild boot --store-path {path}"),
-            format!("nixos-rebuild switch --store-path {path}")
+            format!("nixos-rebuild boot --store-path {path} --no-reexec"),
+            format!("nixos-rebuild switch --store-path {path} --no-reexec")
         ]
     );
     assert_eq!(status["last_attempt"]["reboot"], "none");
@@ -99,7 +99,10 @@ async fn reboot_allowed_same_kernel_boot_only() {
     let (_rig, calls, _) = deploy("allow_reboot = true\noperation = \"boot\"", "a").await;
     assert_eq!(
         calls,
-        [format!("nixos-rebuild boot --store-path {}", out())]
+        [format!(
+            "nixos-rebuild boot --store-path {} --no-reexec",
+            out()
+        )]
     );
 }
 
@@ -109,7 +112,7 @@ async fn new_kernel_reboots_without_a_window() {
     assert_eq!(
         calls,
         [
-            format!("nixos-rebuild boot --store-path {}", out()),
+            format!("nixos-rebuild boot --store-path {} --no-reexec", out()),
             "reboot now".to_owned()
         ]
     );
@@ -137,7 +140,7 @@ async fn new_kernel_inside_the_window_reboots() {
     assert_eq!(
         calls,
         [
-            format!("nixos-rebuild boot --store-path {}", out()),
+            format!("nixos-rebuild boot --store-path {} --no-reexec", out()),
             "reboot now".to_owned()
         ]
     );
@@ -154,18 +157,37 @@ async fn new_kernel_outside_the_window_defers() {
     let (_rig, calls, status) = deploy(&window, "b").await;
     assert_eq!(
         calls,
-        [format!("nixos-rebuild boot --store-path {}", out())]
+        [format!(
+            "nixos-rebuild boot --store-path {} --no-reexec",
+            out()
+        )]
     );
     assert_eq!(status["last_attempt"]["outcome"], "upgraded");
     assert_eq!(status["last_attempt"]["reboot"], "deferred");
 }
 
 #[tokio::test]
-async fn dry_run_runs_nothing_and_counts_as_done() {
-    let (_rig, calls, status) = deploy("dry_run = true\nallow_reboot = true", "b").await;
+async fn dry_run_runs_nothing_and_deploys_nothing() {
+    let (mut rig, calls, status) = deploy("dry_run = true\nallow_reboot = true", "b").await;
     assert!(calls.is_empty(), "{calls:?}");
-    assert_eq!(status["last_attempt"]["outcome"], "upgraded");
-    assert_eq!(status["deployed"]["build"], 20);
+    assert_eq!(status["last_attempt"]["outcome"], "dry-run");
+    assert!(status["deployed"].is_null(), "{status}");
+    // Dry run off: the same build is deployed for real, not answered `current`.
+    assert_eq!(rig.stop().await, 0);
+    let config = rig.config_text().replace("dry_run = true\n", "");
+    std::fs::write(rig.path("agent.toml"), config).unwrap();
+    rig.spawn_with_written_config().await;
+    let (code, body) = rig.post(r#"{"build": 20}"#).await;
+    assert_eq!(code, 202, "{body}");
+    let status = rig.wait_for_outcome(20, "upgraded").await;
+    assert_eq!(status["deployed"]["build"], 20, "{status}");
+    assert_eq!(
+        rig.calls(),
+        [
+            format!("nixos-rebuild boot --store-path {} --no-reexec", out()),
+            "reboot now".into()
+        ]
+    );
 }
 
 #[tokio::test]

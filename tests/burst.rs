@@ -38,11 +38,11 @@ async fn twenty_notifications_during_a_slow_activation() {
         rig.calls(),
         [
             format!(
-                "nixos-rebuild switch --store-path {}",
+                "nixos-rebuild switch --store-path {} --no-reexec",
                 fake_out_path(1, JOB)
             ),
             format!(
-                "nixos-rebuild switch --store-path {}",
+                "nixos-rebuild switch --store-path {} --no-reexec",
                 fake_out_path(21, JOB)
             ),
         ]

@@ -18,7 +18,7 @@ fn demo_shows_the_whole_flow() {
         "nothing to do: build 4822 has buildStatus 1",
         "202 queued build 4830",
         "pre-check \"hydra reachable\": passed true",
-        "dry run: would run",
+        "stand-in nixos-rebuild switch",
         "nixos-rebuild switch --store-path /nix/store/",
         "200 current build 4830",
         "401 ",

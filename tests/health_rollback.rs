@@ -74,10 +74,10 @@ async fn failing_post_check_rolls_back_and_is_not_retried() {
         rig.calls(),
         [
             format!(
-                "nixos-rebuild switch --store-path {}",
+                "nixos-rebuild switch --store-path {} --no-reexec",
                 fake_out_path(20, JOB)
             ),
-            format!("nixos-rebuild switch --store-path {OLD}"),
+            format!("nixos-rebuild switch --store-path {OLD} --no-reexec"),
         ]
     );
     assert_eq!(status["current_system"], OLD);
@@ -130,7 +130,7 @@ async fn flake_activation_rolls_back_with_rollback() {
     assert_eq!(rig.post(r#"{"build": 20}"#).await.0, 202);
     let status = rig.wait_for_attempt(20).await;
     assert_eq!(status["last_attempt"]["outcome"], "rolled-back", "{status}");
-    assert_eq!(rig.calls()[1], "nixos-rebuild switch --rollback");
+    assert_eq!(rig.calls()[1], "nixos-rebuild switch --rollback --fast");
 }
 
 async fn respawn_with(rig: &mut Rig, text: &str) {

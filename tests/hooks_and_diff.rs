@@ -132,7 +132,7 @@ async fn closure_diff_is_logged_before_activation() {
             format!(
                 "nix --extra-experimental-features nix-command --option substituters  store diff-closures {old} {target}"
             ),
-            format!("nixos-rebuild switch --store-path {target}"),
+            format!("nixos-rebuild switch --store-path {target} --no-reexec"),
         ]
     );
     let logs = rig.logs();

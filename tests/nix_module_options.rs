@@ -1,4 +1,6 @@
-//! The option table of the NixOS docs names exactly the options module.nix declares, with their types and defaults.
+//! The option table of the NixOS docs names exactly the options module.nix declares, with their
+//! types and defaults; and the refused `flags` are the same, with the same reasons, in module.nix,
+//! docs/nixos.md and check-config (src/refused_flags.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -375,4 +377,119 @@ fn scan_reads_nested_and_multiline_declarations() {
     assert_eq!(get("window").default, "`null`");
     assert_eq!(get("required").ty, "list of string");
     assert_eq!(get("required").default, "*required*");
+}
+
+const REFUSED_OPEN: &str = "refusedFlags = {";
+const REFUSED_BEGIN: &str = "<!-- refused-flags:begin -->";
+const REFUSED_END: &str = "<!-- refused-flags:end -->";
+
+/// `"NAME" = "REASON";` pairs of module.nix's `refusedFlags` attribute set (nixfmt may break a
+/// pair after the `=`).
+fn module_refused(module: &str) -> BTreeMap<String, String> {
+    let start = module
+        .find(REFUSED_OPEN)
+        .unwrap_or_else(|| panic!("module.nix: no `{REFUSED_OPEN}`"));
+    let body = &module[start + REFUSED_OPEN.len()..];
+    let body = &body[..body
+        .find("};")
+        .expect("module.nix: refusedFlags is not closed")];
+    let mut pairs = BTreeMap::new();
+    let mut rest = body.trim();
+    while !rest.is_empty() {
+        let quoted = |s: &str| -> (String, usize) {
+            assert!(
+                s.starts_with('"'),
+                "module.nix refusedFlags: expected a string at {s:?}"
+            );
+            let end = s[1..].find('"').expect("unterminated string") + 1;
+            (s[1..end].to_owned(), end + 1)
+        };
+        let (name, used) = quoted(rest);
+        rest = rest[used..].trim_start();
+        rest = rest.strip_prefix('=').expect("expected =").trim_start();
+        let (reason, used) = quoted(rest);
+        rest = rest[used..].trim_start();
+        rest = rest.strip_prefix(';').expect("expected ;").trim_start();
+        assert!(pairs.insert(name.clone(), reason).is_none(), "{name} twice");
+    }
+    pairs
+}
+
+/// `| `--a`, `-b` | reason |` rows between the refused-flags markers of docs/nixos.md.
+fn documented_refused(doc: &str) -> BTreeMap<String, String> {
+    let start = doc
+        .find(REFUSED_BEGIN)
+        .expect("docs/nixos.md: no refused-flags table");
+    let end = doc
+        .find(REFUSED_END)
+        .expect("docs/nixos.md: refused-flags table not closed");
+    let mut pairs = BTreeMap::new();
+    for row in doc[start..end].lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        assert_eq!(cells.len(), 2, "docs/nixos.md row: {row}");
+        for name in cells[0].split(", ") {
+            let name = name.trim_matches('`');
+            assert!(
+                pairs
+                    .insert(name.to_owned(), cells[1].trim_end_matches('.').to_owned())
+                    .is_none(),
+                "{name} twice"
+            );
+        }
+    }
+    pairs
+}
+
+#[test]
+fn refused_flags_match_in_module_docs_and_check_config() {
+    let rust: BTreeMap<String, String> = nixos_hydra_upgrade::refused_flags::REFUSED
+        .iter()
+        .flat_map(|r| {
+            r.names
+                .iter()
+                .map(|n| ((*n).to_owned(), r.reason.to_owned()))
+        })
+        .collect();
+    let module = module_refused(&read("module.nix").expect("module.nix"));
+    let docs = documented_refused(&read("docs/nixos.md").expect("docs/nixos.md"));
+    assert_eq!(
+        module, rust,
+        "module.nix refusedFlags vs src/refused_flags.rs"
+    );
+    assert_eq!(
+        docs, rust,
+        "docs/nixos.md refused-flags table vs src/refused_flags.rs"
+    );
+    assert!(rust.len() >= 20, "{rust:?}");
+    // The README's quick start names every spelling, and no other flag, in its refused list.
+    let readme = read("README.md").expect("README.md");
+    let sentence = readme
+        .split("`flags` refuses")
+        .nth(1)
+        .and_then(|rest| rest.split("check-config").next())
+        .expect("README.md: the sentence starting \"`flags` refuses\"");
+    let named: std::collections::BTreeSet<String> = sentence
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| w.starts_with('-'))
+        .map(str::to_owned)
+        .collect();
+    let expected: std::collections::BTreeSet<String> = rust.keys().cloned().collect();
+    assert_eq!(
+        named, expected,
+        "README.md's refused flags vs src/refused_flags.rs"
+    );
+}
+
+#[test]
+fn refused_scan_reads_broken_lines() {
+    let module = "x\n  refusedFlags = {\n    \"-a\" = \"why a\";\n    \"--bee\" =\n      \"why, bee\";\n  };\n";
+    let got = module_refused(module);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got["--bee"], "why, bee");
+    let doc = "<!-- refused-flags:begin -->\n| Flag | Why |\n|---|---|\n| `--a`, `-a` | why a. |\n<!-- refused-flags:end -->\n";
+    let got = documented_refused(doc);
+    assert_eq!(got["-a"], "why a");
+    assert_eq!(got["--a"], "why a");
 }

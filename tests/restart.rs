@@ -79,7 +79,7 @@ async fn stop_during_activation_is_settled_at_the_next_start() {
     rig.set("delay", "0");
     rig.spawn().await;
     let status = rig.wait_for_attempt(40).await;
-    assert_eq!(status["last_attempt"]["outcome"], "failed", "{status}");
+    assert_eq!(status["last_attempt"]["outcome"], "interrupted", "{status}");
     assert!(
         status["last_attempt"]["error"]
             .as_str()

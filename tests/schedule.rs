@@ -50,7 +50,13 @@ async fn a_two_second_schedule_polls_and_deploys() {
     assert_eq!(status["last_attempt"]["source"], "schedule");
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(rig.path("state/state.json")).unwrap()).unwrap();
-    assert!(state["last_poll"].is_string(), "{state}");
+    assert!(state["last_poll"]["at"].is_string(), "{state}");
+    assert!(
+        state["last_poll"]["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("build 6")),
+        "what the poll found: {state}"
+    );
 }
 
 #[tokio::test]

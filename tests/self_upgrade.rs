@@ -20,12 +20,12 @@ fn system_with_unit(rig: &Rig, name: &str, exec_start: &str) {
 /// Makes the fake switch point `current-system` at `name` instead of the store path.
 fn switch_to(rig: &Rig, name: &str) {
     rig.set("switch-target", name);
-    let script = std::fs::read_to_string(rig.path("nixos-rebuild")).unwrap();
+    let script = std::fs::read_to_string(rig.path("switch")).unwrap();
     let script = script.replace(
         "ln -sfn \"$path\" \"$dir/current-system\"",
         "ln -sfn \"$dir/$(cat \"$dir/switch-target\")\" \"$dir/current-system\"",
     );
-    std::fs::write(rig.path("nixos-rebuild"), script).unwrap();
+    std::fs::write(rig.path("switch"), script).unwrap();
 }
 
 #[tokio::test]

@@ -285,11 +285,12 @@ async fn status(url: &str, json: bool) -> u8 {
 }
 
 async fn check(settings: &Settings) -> u8 {
-    use crate::upgrade::rollback::checks;
     let deadline = settings.health_checks.deadline;
     let mut passed = true;
     for (title, post) in [("pre-checks", false), ("post-checks", true)] {
-        let results = crate::health::run_phase(&checks(settings, post), deadline).await;
+        let checks =
+            crate::health::phase_checks(&settings.health_checks, &settings.system.systemctl, post);
+        let results = crate::health::run_phase(&checks, deadline).await;
         passed &= results.iter().all(|r| r.passed);
         println!("{title}:");
         print!("{}", crate::health::render_table(&results));

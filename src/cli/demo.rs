@@ -1,5 +1,6 @@
-//! `demo`: a self-contained tour on loopback — a simulated Hydra, an agent in dry-run mode, and
-//! signed RunCommand notifications sent through the real `notify` code.
+//! `demo`: a self-contained tour on loopback — a simulated Hydra, an agent whose nixos-rebuild is a
+//! stand-in script in a temporary directory, and signed RunCommand notifications sent through the
+//! real `notify` code.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +17,17 @@ use crate::signature::generate_secret;
 const PROJECT: &str = "infra";
 const JOBSET: &str = "main";
 const JOB: &str = "web1";
+
+/// Stands in for nixos-rebuild: points the demo's own `current-system` link at the target.
+const STAND_IN_REBUILD: &str = r#"#!/bin/sh
+dir=$(dirname "$0"); op=$1; shift
+while [ $# -gt 0 ]; do
+  case "$1" in --store-path) path=$2; shift ;; esac
+  shift
+done
+echo "stand-in nixos-rebuild $op: $dir/current-system -> $path"
+ln -sfn "$path" "$dir/current-system"
+"#;
 
 pub async fn run() -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
@@ -37,17 +49,27 @@ pub async fn run() -> Result<(), String> {
 
     stage(
         2,
-        "start the agent in dry-run mode (commands are logged, not run), with a TCP pre-check",
+        "start the agent with a TCP pre-check; its nixos-rebuild is a stand-in script that only \
+         moves a symlink in a temporary directory",
     );
     let secret = dir.path().join("secret");
     std::fs::write(&secret, format!("{}\n", generate_secret())).map_err(io)?;
+    let rebuild = dir.path().join("nixos-rebuild");
+    std::fs::write(&rebuild, STAND_IN_REBUILD).map_err(io)?;
+    std::fs::set_permissions(
+        &rebuild,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(io)?;
+    let root = dir.path().display();
     let config = format!(
-        "host = \"{JOB}\"\nlisten = \"127.0.0.1:0\"\ndry_run = true\nlog_format = \"text\"\n\
-         secret_file = \"{}\"\nstate_dir = \"{}\"\ndates = \"\"\n\
+        "host = \"{JOB}\"\nlisten = \"127.0.0.1:0\"\nlog_format = \"text\"\n\
+         secret_file = \"{root}/secret\"\nstate_dir = \"{root}/state\"\ndates = \"\"\n\
          [hydra]\ninstance = \"{}\"\nproject = \"{PROJECT}\"\njobset = \"{JOBSET}\"\n\
-         [[health_checks.pre]]\nkind = \"tcp\"\nname = \"hydra reachable\"\naddress = \"{}\"\n",
-        secret.display(),
-        dir.path().join("state").display(),
+         [[health_checks.pre]]\nkind = \"tcp\"\nname = \"hydra reachable\"\naddress = \"{}\"\n\
+         [system]\nnixos_rebuild = \"{root}/nixos-rebuild\"\ncurrent_system = \"{root}/current-system\"\n\
+         booted_system = \"{root}/current-system\"\nsystem_profile = \"{root}/current-system\"\n\
+         nix = \"{root}/no-nix\"\nswitch_lock = \"{root}/switch.lock\"\n",
         hydra.url(),
         hydra.url().trim_start_matches("http://"),
     );
@@ -130,7 +152,7 @@ pub async fn run() -> Result<(), String> {
     shutdown.cancel();
     running.wait(shutdown).await.map_err(|e| e.to_string())?;
     println!(
-        "\ndemo finished: the agent upgraded to build 4830 (dry run) and refused everything else."
+        "\ndemo finished: the agent upgraded to build 4830 (through the stand-in) and refused everything else."
     );
     Ok(())
 }

@@ -276,6 +276,7 @@ impl Settings {
         if raw.flags.iter().any(|f| f.is_empty()) {
             return Err(invalid("flags", "an empty argument is not allowed".into()));
         }
+        crate::refused_flags::check(&raw.flags).map_err(|m| invalid("flags", m))?;
         if raw.system.nixos_rebuild.is_empty() {
             return Err(invalid("system.nixos_rebuild", "must not be empty".into()));
         }
@@ -426,6 +427,11 @@ mod tests {
             ),
             ("host = \"a b\"\n", "host"),
             ("flags = [\"\"]\n", "flags"),
+            (
+                "flags = [\"-L\", \"--profile-name\", \"x\"]\n",
+                "--profile-name is refused",
+            ),
+            ("flags = [\"-Lc\", \"gpu\"]\n", "-Lc is refused"),
         ];
         for (extra, needle) in cases {
             let err = parse(&format!("{extra}{MINIMAL}")).unwrap_err().to_string();

@@ -19,6 +19,9 @@ pub struct SystemConfig {
     /// The agent's own unit: a switch that changes `etc/systemd/system/<unit>` makes it exit 0
     /// so systemd starts the new version.
     pub unit: String,
+    /// The lock switch-to-configuration holds while it switches; an interrupted attempt is
+    /// settled only once it is free.
+    pub switch_lock: PathBuf,
 }
 
 impl Default for SystemConfig {
@@ -32,6 +35,7 @@ impl Default for SystemConfig {
             systemctl: "systemctl".into(),
             nix: "nix".into(),
             unit: "nixos-hydra-upgrade.service".into(),
+            switch_lock: "/run/nixos/switch-to-configuration.lock".into(),
         }
     }
 }

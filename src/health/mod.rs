@@ -98,6 +98,24 @@ struct Progress {
     last_failure: Mutex<Option<String>>,
 }
 
+/// The configured checks of one phase (pre or post), run through `systemctl` for systemd checks.
+pub fn phase_checks(config: &HealthChecksConfig, systemctl: &str, post: bool) -> Vec<Check> {
+    let mut checks = if post {
+        config.post_checks()
+    } else {
+        config.pre_checks()
+    };
+    for check in &mut checks {
+        if let CheckKind::Systemd {
+            systemctl: program, ..
+        } = &mut check.kind
+        {
+            *program = systemctl.into();
+        }
+    }
+    checks
+}
+
 /// Runs all `checks` concurrently and returns their results in the order of `checks`. A check
 /// still running when `deadline` elapses is stopped (its command killed) and reported failed.
 /// All icmp checks share one ICMP socket per address family.

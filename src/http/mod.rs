@@ -12,14 +12,29 @@ use axum::Router;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Agent;
+use crate::intake::RequestIntake;
+use crate::metrics::Metrics;
+use crate::replay::ReplayGuard;
+use crate::signature::Keys;
+use crate::status::StatusView;
+
+/// What the HTTP API is handed by the composition root.
+pub struct Api {
+    /// None: no `secret_file`, every push is refused.
+    pub keys: Option<Keys>,
+    pub signature_tolerance: Duration,
+    pub replay: ReplayGuard,
+    pub intake: Arc<RequestIntake>,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<StatusView>,
+}
 
 /// Requests in flight at once; more wait for a slot.
 const MAX_IN_FLIGHT: usize = 256;
 /// A request that takes longer is answered 408 (slow clients, stalled Hydra).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn router(agent: Arc<Agent>) -> Router {
+pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/v1/upgrade", post(upgrade::upgrade))
         .route("/v1/status", get(status::status))
@@ -30,7 +45,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_IN_FLIGHT))
-        .with_state(agent)
+        .with_state(api)
 }
 
 /// A bound listener, TCP or unix.

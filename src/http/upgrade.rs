@@ -10,10 +10,10 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use super::Api;
 use super::answer::Answer;
-use crate::app::Agent;
 use crate::config::MAX_BODY_BYTES;
-use crate::intake::{UpgradeRequest, intake};
+use crate::intake::UpgradeRequest;
 use crate::model::Source;
 use crate::signature::Headers;
 
@@ -22,7 +22,7 @@ const UNAUTHENTICATED_WARN_EVERY: Duration = Duration::from_secs(10);
 static UNAUTHENTICATED_SINCE_WARN: AtomicU64 = AtomicU64::new(0);
 static LAST_UNAUTHENTICATED_WARN: Mutex<Option<Instant>> = Mutex::new(None);
 
-pub async fn upgrade(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn upgrade(State(agent): State<Arc<Api>>, headers: HeaderMap, body: Body) -> Response {
     let answer = answer(&agent, &headers, body).await;
     agent.metrics.notification(answer.label());
     match &answer {
@@ -53,7 +53,7 @@ fn log_unauthenticated(answer: &Answer) {
     }
 }
 
-async fn answer(agent: &Agent, headers: &HeaderMap, body: Body) -> Answer {
+async fn answer(agent: &Api, headers: &HeaderMap, body: Body) -> Answer {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -74,7 +74,7 @@ async fn answer(agent: &Agent, headers: &HeaderMap, body: Body) -> Answer {
         signature: text("webhook-signature"),
     };
     let now = jiff::Timestamp::now().as_second();
-    let tolerance = agent.settings.signature_tolerance.as_secs();
+    let tolerance = agent.signature_tolerance.as_secs();
     if let Err(e) = keys.verify(&signed, &bytes, now, tolerance) {
         return Answer::Unauthorized(e.to_string());
     }
@@ -85,7 +85,7 @@ async fn answer(agent: &Agent, headers: &HeaderMap, body: Body) -> Answer {
     let answer = match parse_body(&bytes) {
         Err(reason) => Answer::Invalid(reason),
         Ok(Parsed::Ignore(reason)) => Answer::Ignored(reason),
-        Ok(Parsed::Request(request)) => intake(agent, request).await.into(),
+        Ok(Parsed::Request(request)) => agent.intake.intake(request).await.into(),
     };
     if answer.status().is_success() {
         agent.replay.remember(id, now);

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use crate::config::{Activation, Settings};
-use crate::model::{FlakeRef, StorePath, Target};
+use crate::model::{FlakeRef, RequestObserver, StorePath, Target};
 use crate::net::describe;
 use models::{Build, ErrorBody, Eval};
 
@@ -27,13 +26,18 @@ pub enum HydraError {
     Rejected(String),
 }
 
-/// Told about every request to Hydra (for metrics); the client works without one.
-pub trait RequestObserver: Send + Sync {
-    /// `endpoint` is the first path segment (`build`, `eval`, `job`); `ok` is false on a
-    /// transport error or a 5xx answer.
-    fn request(&self, endpoint: &'static str, elapsed: Duration, ok: bool);
-    /// Hydra confirmed `build` deployable.
-    fn verified(&self, build: u64);
+/// Which Hydra, and which job of it holds this host's system: plain values from the config.
+#[derive(Debug, Clone)]
+pub struct JobRef {
+    /// Without a trailing slash.
+    pub instance: String,
+    pub project: String,
+    pub jobset: String,
+    pub job: String,
+    /// Per request.
+    pub timeout: Duration,
+    /// Flake activation: the evaluation's locked flake is part of the target.
+    pub flake: bool,
 }
 
 #[derive(Clone)]
@@ -44,26 +48,26 @@ pub struct HydraClient {
     project: String,
     jobset: String,
     job: String,
-    activation: Activation,
+    flake: bool,
 }
 
 impl HydraClient {
-    pub fn new(settings: &Settings) -> Result<HydraClient, HydraError> {
+    pub fn new(job: JobRef) -> Result<HydraClient, HydraError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(settings.hydra_timeout)
-            .connect_timeout(settings.hydra_timeout.min(Duration::from_secs(5)))
+            .timeout(job.timeout)
+            .connect_timeout(job.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("nixos-hydra-upgrade/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| HydraError::Unavailable(format!("cannot build HTTP client: {e}")))?;
         Ok(HydraClient {
             observer: None,
             http,
-            base: settings.hydra_instance.clone(),
-            project: settings.hydra_project.clone(),
-            jobset: settings.hydra_jobset.clone(),
-            job: settings.hydra_job.clone(),
-            activation: settings.activation,
+            base: job.instance,
+            project: job.project,
+            jobset: job.jobset,
+            job: job.job,
+            flake: job.flake,
         })
     }
 
@@ -135,9 +139,10 @@ impl HydraClient {
             .ok_or_else(|| HydraError::Rejected(format!("{what}: no out path")))?;
         let path = StorePath::parse(path)
             .map_err(|e| HydraError::Rejected(format!("{what}: out path refused: {e}")))?;
-        let flake = match self.activation {
-            Activation::StorePath => None,
-            Activation::Flake => Some(self.flake_of(&build, &what).await?),
+        let flake = if self.flake {
+            Some(self.flake_of(&build, &what).await?)
+        } else {
+            None
         };
         if let Some(observer) = &self.observer {
             observer.verified(id);

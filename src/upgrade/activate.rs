@@ -6,13 +6,23 @@ use super::reboot::{self, Plan};
 use super::runner::{CommandRunner, RunError};
 use crate::model::{Phase, Reboot, Target};
 
-/// `--store-path <out>` or `--flake <flake>#<host>`.
+/// nixos-rebuild-ng's opt-out of re-executing itself as the `config.system.build.nixos-rebuild`
+/// of the host's local configuration (`/etc/nixos`), which `--store-path` must not evaluate.
+pub const NO_REEXEC: &str = "--no-reexec";
+
+/// `--store-path <path> --no-reexec`: activate exactly `path`, evaluating nothing.
+pub fn store_path_args(path: &str) -> Vec<String> {
+    vec!["--store-path".into(), path.into(), NO_REEXEC.into()]
+}
+
+/// `--store-path <out> --no-reexec` or `--flake <flake>#<host>` (whose re-exec builds
+/// nixos-rebuild from the very flake being deployed, so it is left on).
 pub fn target_args(settings: &Settings, target: &Target) -> Vec<String> {
     match (settings.activation, &target.flake) {
         (Activation::Flake, Some(flake)) => {
             vec!["--flake".into(), format!("{flake}#{}", settings.host)]
         }
-        _ => vec!["--store-path".into(), target.path.to_string()],
+        _ => store_path_args(target.path.as_str()),
     }
 }
 
@@ -127,7 +137,8 @@ mod tests {
                     "nixos-rebuild",
                     name,
                     "--store-path",
-                    "/nix/store/abc-nixos-system-web1",
+                    "/nix/store/00000000000000000000000000000000-nixos-system-web1",
+                    "--no-reexec",
                     "--option",
                     "cores",
                     "2"

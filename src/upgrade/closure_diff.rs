@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::upgrade::resolve_link;
+use crate::host::resolve_link;
 use crate::upgrade::runner::CommandRunner;
 
 /// A diff that takes longer (fetching a large closure) is cut off; activation fetches the rest.

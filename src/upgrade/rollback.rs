@@ -3,30 +3,14 @@
 use std::path::Path;
 
 use crate::config::{Activation, Operation, Settings};
-use crate::health::{self, Check, CheckKind};
+use crate::health;
 
 use super::runner::{CommandRunner, RunError};
 use crate::model::CheckResult;
 
-/// The configured checks of one phase, with the `systemctl` of `[system]`.
-pub fn checks(settings: &Settings, post: bool) -> Vec<Check> {
-    let config = &settings.health_checks;
-    let mut checks = if post {
-        config.post_checks()
-    } else {
-        config.pre_checks()
-    };
-    for check in &mut checks {
-        if let CheckKind::Systemd { systemctl, .. } = &mut check.kind {
-            *systemctl = settings.system.systemctl.clone().into();
-        }
-    }
-    checks
-}
-
 /// Waits `settle`, then runs the post-checks (none: nothing to wait for).
 pub async fn post_checks(settings: &Settings) -> Vec<CheckResult> {
-    let checks = checks(settings, true);
+    let checks = health::phase_checks(&settings.health_checks, &settings.system.systemctl, true);
     if checks.is_empty() {
         return Vec::new();
     }
@@ -41,18 +25,23 @@ pub fn rollback_argv(settings: &Settings, previous: &str) -> Vec<String> {
         Operation::Switch | Operation::Boot => Operation::Switch,
     };
     let mut argv = match (settings.activation, operation) {
-        (Activation::StorePath, _) => vec![
-            settings.system.nixos_rebuild.clone(),
-            operation.as_str().into(),
-            "--store-path".into(),
-            previous.into(),
-        ],
-        // `--rollback` steps the profile back one generation, which `switch` just added.
+        (Activation::StorePath, _) => {
+            let mut argv = vec![
+                settings.system.nixos_rebuild.clone(),
+                operation.as_str().into(),
+            ];
+            argv.extend(super::activate::store_path_args(previous));
+            argv
+        }
+        // `--rollback` steps the profile back one generation, which `switch` just added;
+        // `--fast` (both nixos-rebuild and -ng) skips re-executing from /etc/nixos, which a
+        // rollback never needs and which fails the rollback when /etc/nixos does not evaluate.
         (Activation::Flake, Operation::Switch | Operation::Boot) => {
             vec![
                 settings.system.nixos_rebuild.clone(),
                 "switch".into(),
                 "--rollback".into(),
+                "--fast".into(),
             ]
         }
         // `test` added no generation to step back from: activate the old system directly.
@@ -98,19 +87,40 @@ mod tests {
         let cases = [
             (
                 "",
-                vec!["nixos-rebuild", "switch", "--store-path", old, "-L"],
+                vec![
+                    "nixos-rebuild",
+                    "switch",
+                    "--store-path",
+                    old,
+                    "--no-reexec",
+                    "-L",
+                ],
             ),
             (
                 "operation = \"test\"",
-                vec!["nixos-rebuild", "test", "--store-path", old, "-L"],
+                vec![
+                    "nixos-rebuild",
+                    "test",
+                    "--store-path",
+                    old,
+                    "--no-reexec",
+                    "-L",
+                ],
             ),
             (
                 "allow_reboot = true",
-                vec!["nixos-rebuild", "switch", "--store-path", old, "-L"],
+                vec![
+                    "nixos-rebuild",
+                    "switch",
+                    "--store-path",
+                    old,
+                    "--no-reexec",
+                    "-L",
+                ],
             ),
             (
                 "activation = \"flake\"",
-                vec!["nixos-rebuild", "switch", "--rollback", "-L"],
+                vec!["nixos-rebuild", "switch", "--rollback", "--fast", "-L"],
             ),
             (
                 "activation = \"flake\"\noperation = \"test\"",

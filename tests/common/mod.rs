@@ -20,7 +20,9 @@ pub const JOB: &str = "web1";
 pub const BIN: &str = env!("CARGO_BIN_EXE_nixos-hydra-upgrade");
 
 /// The fake nixos-rebuild: argv to `calls`, optional delay and exit code from files the test
-/// writes, symlinks moved like the real command moves them.
+/// writes. The switch itself runs in `switch` (below), started in a session of its own and
+/// without the rig's cgroup mark, as switch-to-configuration runs in a transient unit: killing
+/// the agent like systemd does (`kill_like_systemd`) kills nixos-rebuild, never a started switch.
 const FAKE_REBUILD: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 echo "nixos-rebuild $*" >> "$dir/calls"
@@ -36,6 +38,19 @@ done
 [ -f "$dir/delay" ] && sleep "$(cat "$dir/delay")"
 code=$(cat "$dir/exit-code" 2>/dev/null || echo 0)
 [ "$code" = 0 ] || exit "$code"
+exec 9>"$dir/switch.lock"
+flock 9
+setsid -w env -u RIG_CGROUP "$dir/switch" "$op" "$path" || exit 1
+exit 0
+"#;
+
+/// The switch: holds the switch lock (inherited fd 9, flock, as switch-to-configuration holds
+/// it) for `switch-time` seconds, then moves the symlinks the way a switch or boot does.
+const FAKE_SWITCH: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+op=$1; path=$2
+touch "$dir/switching"
+[ -f "$dir/switch-time" ] && sleep "$(cat "$dir/switch-time")"
 case "$op" in
   switch|test) ln -sfn "$path" "$dir/current-system" ;;
 esac
@@ -48,7 +63,7 @@ case "$op" in
     ln -sfn "$dir/kernels/modules" "$gen/kernel-modules"
     ln -sfn "$gen" "$dir/system-profile" ;;
 esac
-exit 0
+rm -f "$dir/switching"
 "#;
 
 const FAKE_REBOOT: &str = "#!/bin/sh\necho \"reboot $*\" >> \"$(dirname \"$0\")/calls\"\n";
@@ -62,6 +77,8 @@ pub struct Rig {
     pub logs: Arc<Mutex<Vec<String>>>,
     /// Extra environment for the agent process (e.g. NOTIFY_SOCKET).
     pub env: Vec<(String, String)>,
+    /// Marks the agent and everything it starts, as a cgroup would (`kill_like_systemd`).
+    cgroup: String,
     extra_config: String,
 }
 
@@ -98,6 +115,7 @@ impl Rig {
         .unwrap();
         std::fs::write(root.join("next-kernel"), "a").unwrap();
         write_script(&root.join("nixos-rebuild"), FAKE_REBUILD);
+        write_script(&root.join("switch"), FAKE_SWITCH);
         write_script(&root.join("reboot"), FAKE_REBOOT);
         let mut rig = Rig {
             dir,
@@ -107,6 +125,11 @@ impl Rig {
             agent: None,
             logs: Arc::default(),
             env: Vec::new(),
+            cgroup: format!(
+                "rig-{}-{}",
+                std::process::id(),
+                jiff::Timestamp::now().as_nanosecond()
+            ),
             extra_config: extra.to_owned(),
         };
         rig.spawn().await;
@@ -123,7 +146,7 @@ impl Rig {
             "host = \"{JOB}\"\nlisten = \"127.0.0.1:0\"\nsecret_file = \"{}\"\nstate_dir = \"{}\"\ndates = \"\"\n{}\n\
              [hydra]\ninstance = \"{}\"\nproject = \"{PROJECT}\"\njobset = \"{JOBSET}\"\ntimeout = \"2s\"\n\
              [system]\nnixos_rebuild = \"{}\"\nreboot_command = [\"{}\", \"now\"]\ncurrent_system = \"{}\"\n\
-             booted_system = \"{}\"\nsystem_profile = \"{}\"\nnix = \"{}\"\n",
+             booted_system = \"{}\"\nsystem_profile = \"{}\"\nnix = \"{}\"\nswitch_lock = \"{}\"\n",
             root.join("secret").display(),
             root.join("state").display(),
             self.extra_config,
@@ -135,6 +158,7 @@ impl Rig {
             root.join("system-profile").display(),
             // Never the host's nix (it would reach for substituters): a fake, if a test writes one.
             root.join("nix").display(),
+            root.join("switch.lock").display(),
         )
     }
 
@@ -151,6 +175,7 @@ impl Rig {
             .args(["serve", "--config"])
             .arg(&config)
             .env("TZ", "UTC")
+            .env("RIG_CGROUP", &self.cgroup)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -179,6 +204,37 @@ impl Rig {
             .expect("agent exited before it started");
         self.url = format!("http://{listen}");
         self.agent = Some(child);
+    }
+
+    /// SIGKILL to the agent and to everything it started that still carries its mark, as
+    /// systemd kills a unit's cgroup; a switch already started (its own unit) survives.
+    pub async fn kill_like_systemd(&mut self) {
+        let mut child = self.agent.take().unwrap();
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        let mark = format!("RIG_CGROUP={}", self.cgroup);
+        for _ in 0..50 {
+            let marked: Vec<i32> = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/environ"))
+                        .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == mark.as_bytes()))
+                })
+                .collect();
+            if marked.is_empty() {
+                return;
+            }
+            for pid in marked {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("processes of the killed agent kept appearing");
     }
 
     /// SIGTERM, and the exit code.
@@ -256,6 +312,30 @@ impl Rig {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "no attempt for {build}: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the last attempt is `build` with `outcome`; the status then.
+    pub async fn wait_for_outcome(&self, build: u64, outcome: &str) -> Value {
+        self.wait_until(&format!("build {build} {outcome}"), |s| {
+            s["last_attempt"]["build"] == json!(build) && s["last_attempt"]["outcome"] == outcome
+        })
+        .await
+    }
+
+    /// Polls `/v1/status` until `done` holds (20 s at most); the status then.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let status = self.status().await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "not {what} within 20 s: {status:#}"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

@@ -1,19 +1,18 @@
-//! The README's curl + openssl example works as written: run against the real agent, with only
-//! its key file, agent URL and body lines pointed at the test's.
+//! The curl + openssl example of docs/api.md works as written: run against the real agent, with
+//! only its key file and agent URL lines pointed at the test's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::Rig;
 
-fn readme_snippet() -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let block = readme
+fn api_snippet() -> String {
+    let api = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    let block = api
         .split("<!-- curl-example:begin -->")
         .nth(1)
         .and_then(|rest| rest.split("<!-- curl-example:end -->").next())
-        .expect("README has the curl example between its markers");
+        .expect("docs/api.md has the curl example between its markers");
     block
         .lines()
         .filter(|l| !l.starts_with("```"))
@@ -35,7 +34,7 @@ async fn the_curl_example_queues_an_upgrade() {
     }
     let rig = Rig::start("").await;
     rig.build(4821);
-    let script: Vec<String> = readme_snippet()
+    let script: Vec<String> = api_snippet()
         .lines()
         .map(|line| {
             if line.starts_with("key_file=") {
