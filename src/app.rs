@@ -154,7 +154,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         progress,
         metrics,
         hooks,
-        conditions: Vec::new(),
+        conditions: crate::upgrade::wave::conditions(&settings),
         shutdown: shutdown.clone(),
     };
 

@@ -133,7 +133,13 @@ pub async fn tick() {
 pub fn attempt_budget(settings: &crate::config::Settings) -> Duration {
     let checks = &settings.health_checks;
     let command = settings.activation_timeout + Duration::from_secs(10);
-    checks.deadline * 3 + checks.settle + command * 5 + Duration::from_secs(60)
+    // The wait step may hold an attempt up to the rollout timeout, plus the push stagger.
+    let held = settings.push_delay
+        + settings
+            .rollout
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.timeout);
+    checks.deadline * 3 + checks.settle + command * 5 + held + Duration::from_secs(60)
 }
 
 /// Runs `work` in the calling task, pinging the watchdog while it is pending, for at most

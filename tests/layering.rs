@@ -21,6 +21,7 @@ const LEAVES: &[&str] = &[
     "queue",
     "refused_flags",
     "replay",
+    "rollout",
     "signature",
     "systemd_notify",
 ];

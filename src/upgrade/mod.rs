@@ -10,6 +10,7 @@ pub mod runner;
 pub mod self_update;
 pub mod settle;
 pub mod wait;
+pub mod wave;
 
 use std::sync::Arc;
 
