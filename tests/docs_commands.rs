@@ -17,15 +17,12 @@ use nixos_hydra_upgrade::cli::Cli;
 fn pending(args: &[String]) -> bool {
     let has = |flag: &str| args.iter().any(|a| a == flag);
     let sub = args.first().map(String::as_str);
-    matches!(sub, Some("fleet" | "retry"))
-        || has("--follow")
-        || has("--hand-back")
-        || (sub == Some("trigger") && has("--json"))
+    has("--follow") || (sub == Some("trigger") && has("--json"))
 }
 
 /// Pages other branches add (the NixOS module and Hydra pages, the fleet page, the
 /// architecture page): a link to one of them is not a broken link while it is missing here.
-const PAGES_FROM_OTHER_BRANCHES: &[&str] = &["docs/fleet.md"];
+const PAGES_FROM_OTHER_BRANCHES: &[&str] = &[];
 
 /// Precedes a TOML block that must pass `check-config` exactly as written.
 const CHECK_CONFIG_MARKER: &str = "<!-- check-config -->";
