@@ -353,3 +353,65 @@ async fn without_a_spool_a_detached_retrier_delivers_later() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_notify_processes_share_one_spool_safely() {
+    let hydra = Hydra::new();
+    let a = agent(hydra.keys.clone(), true).await;
+    let b = agent(hydra.keys.clone(), true).await;
+    let spool = hydra.spool();
+    let spool = spool.to_str().unwrap();
+    let runs = (7..=12).map(|build| {
+        let (a, b, hydra) = (a.url.as_str(), b.url.as_str(), &hydra);
+        async move {
+            hydra
+                .notify(
+                    build,
+                    &[
+                        "--url",
+                        a,
+                        "--url",
+                        b,
+                        "--hand-back",
+                        "1s",
+                        "--spool",
+                        spool,
+                    ],
+                    &[],
+                )
+                .await
+        }
+    });
+    for (code, out, _) in futures_util::future::join_all(runs).await {
+        assert_eq!(code, 0, "{out}");
+    }
+    // Every file is a whole entry (no temp file left, none torn), and each agent's newest is there.
+    let names: Vec<String> = std::fs::read_dir(hydra.spool())
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
+    let spooled = hydra.spooled();
+    for url in [&a.url, &b.url] {
+        let newest = spooled.iter().filter(|s| &s.0 == url).map(|s| s.1).max();
+        assert_eq!(newest, Some(12), "{spooled:?}");
+    }
+    // The retrier delivers only the newest to each.
+    a.silent.store(false, Ordering::SeqCst);
+    b.silent.store(false, Ordering::SeqCst);
+    let (code, out) = hydra.retry_once().await;
+    assert_eq!(code, 0, "{out}");
+    for agent in [&a, &b] {
+        let answered: Vec<u64> = agent
+            .got()
+            .iter()
+            .map(|d| {
+                serde_json::from_slice::<Value>(&d.2).unwrap()["build"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(answered, [12], "only the newest is retried: {answered:?}");
+    }
+    assert!(hydra.spooled().is_empty());
+}
