@@ -198,7 +198,16 @@ let
     };
   }
   // lib.optionalAttrs (cfg.secretFile != null) { secret_file = credentialPath; }
-  // safetySettings;
+  // safetySettings
+  # Fleet rollouts (issue 15): the push stagger, and [rollout] when it names agents.
+  // {
+    push_delay = cfg.pushDelay;
+  }
+  // lib.optionalAttrs (cfg.rollout.after != [ ]) {
+    rollout = {
+      inherit (cfg.rollout) after bake timeout;
+    };
+  };
 
   # issue 14 (safety): activation window, gates and clean-up, as SPEC §3 keys.
   safetySettings =
@@ -545,6 +554,49 @@ in
         After a healthy upgrade, keep the newest this many system generations and collect
         garbage (`nix-env --delete-generations +N`, then `nix-store --gc`); `null` cleans
         nothing.
+      '';
+    };
+
+    # Fleet rollouts (issue 15, docs/fleet.md): waves after other agents, and the push stagger.
+    rollout.after = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [ "http://canary1.example.com:9980" ];
+      description = ''
+        Agents (base URLs) that must run a build first: this host activates a build only
+        once each of them has deployed it, or a newer one, is idle with last outcome
+        `upgraded`, and has run it for {option}`${opt}.rollout.bake`. Read from their
+        `/v1/status`, so their API must be reachable from this host. Empty: no waves.
+      '';
+    };
+
+    rollout.bake = lib.mkOption {
+      type = lib.types.str;
+      default = "30m";
+      example = "2h";
+      description = ''
+        How long each agent of {option}`${opt}.rollout.after` must have run the build
+        healthily before this host activates it.
+      '';
+    };
+
+    rollout.timeout = lib.mkOption {
+      type = lib.types.str;
+      default = "24h";
+      example = "3d";
+      description = ''
+        How long after a build was queued this host waits for its wave; then the attempt
+        ends as `deferred-timeout` and the build is not activated (a newer one may be).
+      '';
+    };
+
+    pushDelay = lib.mkOption {
+      type = lib.types.str;
+      default = "0s";
+      example = "5min";
+      description = ''
+        Random delay, between zero and this time span, before a build pushed by Hydra is
+        fetched and activated, so a large fleet does not hit the binary cache in one second.
       '';
     };
 

@@ -166,7 +166,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ru
         progress,
         metrics,
         hooks,
-        conditions: safety_conditions(&settings, &shutdown),
+        conditions: {
+            // The wave and the push stagger come last: the stagger counts from when all else opened.
+            let mut conditions = safety_conditions(&settings, &shutdown);
+            conditions.extend(crate::upgrade::wave::conditions(&settings));
+            conditions
+        },
         shutdown: shutdown.clone(),
     };
 

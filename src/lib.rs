@@ -22,6 +22,7 @@ pub mod progress;
 pub mod queue;
 pub mod refused_flags;
 pub mod replay;
+pub mod rollout;
 pub mod signature;
 pub mod systemd_notify;
 

@@ -136,11 +136,19 @@ pub fn attempt_budget(settings: &crate::config::Settings) -> Duration {
     let command = settings
         .activation_timeout
         .saturating_add(Duration::from_secs(10));
+    // The wait step may hold an attempt up to the rollout timeout, plus the push stagger.
+    let held = settings.push_delay.saturating_add(
+        settings
+            .rollout
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.timeout),
+    );
     checks
         .deadline
         .saturating_mul(3)
         .saturating_add(checks.settle)
         .saturating_add(command.saturating_mul(5))
+        .saturating_add(held)
         .saturating_add(Duration::from_secs(60))
 }
 

@@ -12,18 +12,6 @@ use std::process::Command;
 use clap::Parser;
 use nixos_hydra_upgrade::cli::Cli;
 
-/// Commands the docs show for subcommands and options that other branches are adding (SPEC §2):
-/// their failures are listed, not counted. Empty this once they are all on main.
-fn pending(args: &[String]) -> bool {
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    let sub = args.first().map(String::as_str);
-    matches!(sub, Some("fleet" | "retry")) || has("--hand-back")
-}
-
-/// Pages other branches add (the NixOS module and Hydra pages, the fleet page, the
-/// architecture page): a link to one of them is not a broken link while it is missing here.
-const PAGES_FROM_OTHER_BRANCHES: &[&str] = &["docs/fleet.md"];
-
 /// Precedes a TOML block that must pass `check-config` exactly as written.
 const CHECK_CONFIG_MARKER: &str = "<!-- check-config -->";
 
@@ -229,7 +217,6 @@ fn command_lines(block: &Block) -> Vec<(usize, String)> {
 
 struct Report {
     failures: Vec<String>,
-    pending: Vec<String>,
     checked: usize,
 }
 
@@ -260,13 +247,8 @@ fn check_commands(block: &Block, report: &mut Report) {
                 block.file,
                 args.join(" ")
             );
-            match (result, pending(&args)) {
-                (Ok(()), false) => {}
-                (Ok(()), true) => report
-                    .pending
-                    .push(format!("{place}: now parses; drop it from pending()")),
-                (Err(e), true) => report.pending.push(format!("{place}: {e}")),
-                (Err(e), false) => report.failures.push(format!("{place}: {e}")),
+            if let Err(e) = result {
+                report.failures.push(format!("{place}: {e}"));
             }
         }
     }
@@ -427,9 +409,7 @@ fn check_links(file: &str, text: &str, report: &mut Report) {
             let joined = base.join(path);
             let normal = normalize(&joined);
             report.checked += 1;
-            if !root().join(&normal).exists()
-                && !PAGES_FROM_OTHER_BRANCHES.contains(&normal.as_str())
-            {
+            if !root().join(&normal).exists() {
                 report.failures.push(format!(
                     "{file}:{}: link to a missing file: {target}",
                     index + 1
@@ -459,7 +439,6 @@ fn every_command_and_config_in_the_docs_is_checked() {
     let declared = declared_options();
     let mut report = Report {
         failures: Vec::new(),
-        pending: Vec::new(),
         checked: 0,
     };
     let mut commands = 0;
@@ -485,9 +464,6 @@ fn every_command_and_config_in_the_docs_is_checked() {
         }
     }
     println!("checked {commands} command lines, {tomls} TOML blocks, {nixes} Nix blocks");
-    for line in &report.pending {
-        println!("pending (its branch is not on main yet): {line}");
-    }
     assert!(
         commands >= 10,
         "only {commands} command lines found in the docs"

@@ -22,6 +22,7 @@ const LEAVES: &[&str] = &[
     "queue",
     "refused_flags",
     "replay",
+    "rollout",
     "signature",
     "systemd_notify",
 ];

@@ -75,11 +75,18 @@ pub enum Command {
         #[arg(long)]
         skip_programs: bool,
     },
-    /// Hydra side: deliver the RunCommand payload ($HYDRA_JSON), signed, to the agents.
+    /// Hydra-side sender: deliver the RunCommand payload ($HYDRA_JSON), signed, to the agents.
+    ///
+    /// One concurrent round bounded by --hand-back, then it returns; what is still undelivered
+    /// goes to the spool (--spool, else $NIXOS_HYDRA_UPGRADE_SPOOL, both drained by a `retry`
+    /// service; else ~/.local/state/nixos-hydra-upgrade/spool drained by a detached `retry` this
+    /// command starts). Exit 0 when every agent got it or it is spooled, 1 when any refused it.
     #[command(after_help = "Example (Hydra's RunCommand):\n  \
                             nixos-hydra-upgrade notify --secret-file /run/keys/upgrade \\\n    \
+                            --spool /var/lib/nixos-hydra-upgrade-spool \\\n    \
                             --route web1=http://web1:9980 --route db1=http://db1:9980\n\n\
-                            Exit status: 0 all delivered or nothing to do, 1 a delivery failed, 2 usage.")]
+                            Exit status: 0 delivered, spooled or nothing to do, 1 an agent refused it \
+                            or it could not be spooled, 2 usage.")]
     Notify {
         /// Agent base URL (or unix:/path) that gets every payload; repeatable.
         #[arg(long = "url", value_name = "URL")]
@@ -93,9 +100,56 @@ pub enum Command {
         /// The RunCommand payload file [default: $HYDRA_JSON].
         #[arg(long, value_name = "FILE")]
         hydra_json: Option<PathBuf>,
-        /// Hard limit for all deliveries together (e.g. 60s, 2min).
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        /// How long the one round of deliveries may take before the command returns to Hydra.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+        hand_back: Duration,
+        /// Until when an undelivered notification is retried (by the retrier) before it is given up.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration)]
         deadline: Duration,
+        /// Spool directory for what is undelivered after the hand-back (a `retry` service drains it).
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+    },
+    /// Deliver what `notify` spooled: same webhook-id, fresh signature, backoff, until each
+    /// entry's deadline; a newer build for the same agent supersedes an older one; every give-up
+    /// is logged. Runs until SIGTERM unless --once or --exit-when-empty.
+    #[command(
+        after_help = "Example (a service on the Hydra host):\n  nixos-hydra-upgrade retry --spool /var/spool/nixos-hydra-upgrade \\\n    --secret-file /var/lib/hydra/nixos-hydra-upgrade.key"
+    )]
+    Retry {
+        #[arg(long, value_name = "DIR")]
+        spool: PathBuf,
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// One pass over every entry, whatever its backoff; exit 0 if the spool is then empty.
+        #[arg(long)]
+        once: bool,
+        /// Exit once the spool is empty (what notify's detached retrier does).
+        #[arg(long)]
+        exit_when_empty: bool,
+    },
+    /// One row per agent from many agents' /v1/status, asked concurrently: deployed build, how
+    /// far behind the newest green build any of them knows, phase, last outcome, reboot state.
+    /// Exit 1 if any agent is unreachable (each is named).
+    #[command(
+        after_help = "Example:\n  nixos-hydra-upgrade fleet --url http://web1:9980 --hosts-file /etc/fleet-hosts \\\n    --spool /var/spool/nixos-hydra-upgrade"
+    )]
+    Fleet {
+        /// Agent base URL (or unix:/path); repeatable.
+        #[arg(long = "url", value_name = "URL")]
+        urls: Vec<String>,
+        /// A file with one agent URL per line (# comments allowed).
+        #[arg(long, value_name = "FILE")]
+        hosts_file: Option<PathBuf>,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also show what this notify spool still holds undelivered.
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+        /// How long to wait for each agent.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Ask an agent to upgrade to the newest successful build, or to --build N.
     #[command(after_help = "Examples:\n  \

@@ -63,10 +63,82 @@ pub async fn request(
     body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Exchange, String> {
+    let client =
+        one_shot_client(timeout).map_err(|e| format!("{}: {e}", endpoint.describe(path)))?;
+    request_via(&client, endpoint, method, path, headers, body, timeout).await
+}
+
+/// A client for one exchange: no redirects followed.
+fn one_shot_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A client shared by many exchanges with many agents (notify, fleet, retry): built once, since
+/// building one per request costs more than a loopback exchange; keeps no idle connections, so
+/// thousands of agents do not hold thousands of file descriptors.
+pub fn fan_out_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// How many exchanges a fan-out (notify, fleet) keeps in flight: the open-file limit is raised
+/// to its hard limit first (a default soft limit of 1024 would cap a fleet at ~1000 agents),
+/// and a margin is left for everything else the process opens.
+pub fn fan_out_bound() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const MARGIN: u64 = 64;
+    let soft: u64 = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    usize::try_from(soft.saturating_sub(MARGIN).clamp(16, 65_536)).unwrap_or(16)
+}
+
+/// Text from an agent made safe for a terminal or a log: control and bidirectional-override
+/// characters escaped, length bounded.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max_chars {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `request` through a given client.
+pub async fn request_via(
+    client: &reqwest::Client,
+    endpoint: &Endpoint,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Exchange, String> {
     let target = endpoint.describe(path);
     let exchange = async {
         match endpoint {
-            Endpoint::Http(base) => http_request(base, method, path, headers, body, timeout).await,
+            Endpoint::Http(base) => {
+                http_request(client, base, method, path, headers, body, timeout).await
+            }
             Endpoint::Unix(socket) => unix_request(socket, method, path, headers, body).await,
         }
     };
@@ -133,6 +205,7 @@ fn reqwest_failure(e: &reqwest::Error) -> Failure {
 }
 
 async fn http_request(
+    client: &reqwest::Client,
     base: &reqwest::Url,
     method: reqwest::Method,
     path: &str,
@@ -140,12 +213,7 @@ async fn http_request(
     body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Exchange, Failure> {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut request = client.request(method, join(base, path));
+    let mut request = client.request(method, join(base, path)).timeout(timeout);
     for (name, value) in headers {
         request = request.header(*name, value);
     }
@@ -237,5 +305,13 @@ mod tests {
         );
         assert!(Endpoint::parse("ftp://x").is_err());
         assert!(Endpoint::parse("web1:9980").is_err());
+    }
+
+    #[test]
+    fn printable_escapes_terminal_controls() {
+        assert_eq!(printable("ok 4821", 100), "ok 4821");
+        assert_eq!(printable("a\u{1b}[2Jb\n", 100), "a\\u{1b}[2Jb\\u{a}");
+        assert_eq!(printable("x\u{202e}y", 100), "x\\u{202e}y");
+        assert_eq!(printable("abcdef", 3), "abc…");
     }
 }

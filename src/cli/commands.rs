@@ -27,8 +27,18 @@ pub fn run(command: Command) -> u8 {
     // One worker: an upgrade agent needs no more than one core to answer requests, and under a
     // flood of bad requests the other core(s) stay free for the activation it must start
     // (BENCHMARKS.md: p99 under flood 245 -> 20 ms on 2 cores, for ~8% of reject throughput).
+    // The fan-out commands talk to thousands of agents: every core helps them.
+    let fan_out = matches!(
+        command,
+        Command::Notify { .. } | Command::Fleet { .. } | Command::Retry { .. }
+    );
+    let workers = if fan_out {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    } else {
+        1
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -42,6 +52,7 @@ pub fn run(command: Command) -> u8 {
         }
         // `check` prints every result in its table; log lines would say each failure twice.
         Command::Check { .. } => crate::logging::init(LogFormat::Text, "error", true),
+        Command::Retry { .. } => crate::logging::init(LogFormat::Text, "info", true),
         _ => crate::logging::init(LogFormat::Text, "warn", true),
     }
     match command {
@@ -69,14 +80,18 @@ pub fn run(command: Command) -> u8 {
             routes,
             secret_file,
             hydra_json,
+            hand_back,
             deadline,
+            spool,
         } => {
             let options = NotifyOptions {
                 urls,
                 routes,
                 secret_file,
                 hydra_json,
+                hand_back,
                 deadline,
+                spool,
             };
             match runtime.block_on(crate::cli::notify::notify(options)) {
                 Ok(report) => {
@@ -87,6 +102,46 @@ pub fn run(command: Command) -> u8 {
                 }
                 Err(NotifyError::Usage(e)) => usage(&e),
                 Err(NotifyError::Failed(e)) => fail(&e),
+            }
+        }
+        Command::Retry {
+            spool,
+            secret_file,
+            once,
+            exit_when_empty,
+        } => {
+            let options = crate::cli::retry::RetryOptions {
+                spool,
+                secret_file,
+                once,
+                exit_when_empty,
+            };
+            match runtime.block_on(crate::cli::retry::run(options)) {
+                Ok(true) => OK,
+                Ok(false) => FAILED,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Fleet {
+            urls,
+            hosts_file,
+            json,
+            spool,
+            timeout,
+        } => {
+            let options = crate::cli::fleet::FleetOptions {
+                urls,
+                hosts_file,
+                json,
+                spool,
+                timeout,
+            };
+            match runtime.block_on(crate::cli::fleet::run(options)) {
+                Ok((text, all_reachable)) => {
+                    print!("{text}");
+                    if all_reachable { OK } else { FAILED }
+                }
+                Err(e) => usage(&e),
             }
         }
         Command::Trigger {

@@ -227,7 +227,10 @@ async fn send(
         routes: vec![],
         secret_file: secret.into(),
         hydra_json: Some(file),
+        hand_back: Duration::from_secs(20),
         deadline: Duration::from_secs(20),
+        // The demo's own directory: an agent it cannot reach is reported, no retrier is started.
+        spool: Some(dir.join("spool")),
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -6,8 +6,11 @@ mod check_config;
 pub mod client;
 mod commands;
 pub mod demo;
+pub mod fleet;
 pub mod follow;
 pub mod notify;
+pub mod retry;
+pub mod spool;
 pub mod status_view;
 mod watch;
 

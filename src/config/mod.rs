@@ -5,6 +5,7 @@ mod gates;
 mod gc;
 mod hooks;
 mod hydra;
+mod rollout;
 mod system;
 mod window;
 
@@ -21,6 +22,7 @@ pub use gc::GcConfig;
 pub use hooks::{Hook, HookError, HooksConfig};
 pub use hydra::{HydraConfig, HydraCredentials};
 use hydra::{check_instance, check_name};
+pub use rollout::RolloutConfig;
 pub use system::SystemConfig;
 pub use window::{TimeOfDay, TimeWindow};
 
@@ -146,6 +148,10 @@ struct RawConfig {
     gates: Vec<GateConfig>,
     #[serde(default)]
     gc: Option<GcConfig>,
+    #[serde(default)]
+    rollout: Option<RolloutConfig>,
+    #[serde(default, with = "humantime_serde")]
+    push_delay: Duration,
 }
 
 /// Validated settings; every field has its final value.
@@ -181,6 +187,10 @@ pub struct Settings {
     pub activation_window: Option<TimeWindow>,
     pub gates: Vec<GateConfig>,
     pub gc: Option<GcConfig>,
+    /// `[rollout]`: wait for these agents to run a build healthily before activating it.
+    pub rollout: Option<RolloutConfig>,
+    /// Uniform random delay before a pushed (source hydra) upgrade starts fetching.
+    pub push_delay: Duration,
 }
 
 fn default_operation() -> Operation {
@@ -338,6 +348,12 @@ impl Settings {
         raw.system
             .validate_programs()
             .map_err(|(key, m)| invalid(key, m))?;
+        if let Some(rollout) = &raw.rollout {
+            rollout.validate().map_err(|(key, m)| invalid(key, m))?;
+        }
+        if raw.push_delay > rollout::MAX_WAIT {
+            return Err(invalid("push_delay", "is longer than a year".into()));
+        }
 
         Ok(Settings {
             host,
@@ -368,6 +384,8 @@ impl Settings {
             activation_window: raw.activation_window,
             gates: raw.gates,
             gc: raw.gc,
+            rollout: raw.rollout,
+            push_delay: raw.push_delay,
         })
     }
 

@@ -14,6 +14,7 @@ pub mod runner;
 pub mod self_update;
 pub mod settle;
 pub mod wait;
+pub mod wave;
 pub mod window;
 
 use std::sync::Arc;
