@@ -114,12 +114,14 @@ pub enum Command {
     /// entry's deadline; a newer build for the same agent supersedes an older one; every give-up
     /// is logged. Runs until SIGTERM unless --once or --exit-when-empty.
     #[command(
-        after_help = "Example (a service on the Hydra host):\n  nixos-hydra-upgrade retry --spool /var/spool/nixos-hydra-upgrade \\\n    --secret-file /var/lib/hydra/nixos-hydra-upgrade.key"
+        after_help = "Example (a service on the Hydra host):\n  nixos-hydra-upgrade retry --spool /var/lib/nixos-hydra-upgrade-spool \\\n    --secret-file /run/credentials/nixos-hydra-upgrade-retry.service/nixos-hydra-upgrade-key"
     )]
     Retry {
+        /// The spool directory notify writes undelivered notifications to.
         #[arg(long, value_name = "DIR")]
         spool: PathBuf,
-        #[arg(long)]
+        /// File with the shared key(s), one `whsec_<base64>` per line (the first signs).
+        #[arg(long, value_name = "FILE")]
         secret_file: PathBuf,
         /// One pass over every entry, whatever its backoff; exit 0 if the spool is then empty.
         #[arg(long)]
@@ -132,7 +134,7 @@ pub enum Command {
     /// far behind the newest green build any of them knows, phase, last outcome, reboot state.
     /// Exit 1 if any agent is unreachable (each is named).
     #[command(
-        after_help = "Example:\n  nixos-hydra-upgrade fleet --url http://web1:9980 --hosts-file /etc/fleet-hosts \\\n    --spool /var/spool/nixos-hydra-upgrade"
+        after_help = "Example:\n  nixos-hydra-upgrade fleet --url http://web1:9980 --hosts-file /etc/fleet-hosts \\\n    --spool /var/lib/nixos-hydra-upgrade-spool"
     )]
     Fleet {
         /// Agent base URL (or unix:/path); repeatable.
