@@ -10,9 +10,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{Hook, HooksConfig};
+use crate::exec::{CommandRunner, RunError};
 use crate::metrics::HookCounter;
 use crate::model::Attempt;
-use crate::upgrade::runner::{CommandRunner, RunError};
 
 /// The attempt as `NIXOS_HYDRA_UPGRADE_*` variables.
 pub fn environment(

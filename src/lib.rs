@@ -11,6 +11,7 @@ pub mod model;
 pub mod calendar;
 pub mod config;
 pub mod durable;
+pub mod exec;
 pub mod health;
 pub mod host;
 pub mod hydra;

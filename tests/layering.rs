@@ -11,6 +11,7 @@ const LEAVES: &[&str] = &[
     "calendar",
     "config",
     "durable",
+    "exec",
     "health",
     "host",
     "hydra",

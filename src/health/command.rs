@@ -1,34 +1,20 @@
-//! Command checks (`argv` exits 0) and the bounded process runner that systemd checks share.
+//! Command checks (`argv` exits 0), run through the crate's one executor (`exec::capture`).
 
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::ExitStatus;
 
 use super::failure::{CheckFailure, Probe};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::task::JoinHandle;
-
-/// At most this much of stdout and of stderr is kept; the rest is read and dropped.
-const OUTPUT_CAP: usize = 64 * 1024;
-/// After the process exits, how long its pipes may stay open (held by a leftover child).
-const PIPE_GRACE: Duration = Duration::from_millis(100);
-
-/// A process that ran to its end.
-pub(super) struct Finished {
-    pub status: ExitStatus,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
+use crate::exec::capture;
 
 /// One attempt: runs `argv` without a shell; passes when it exits 0.
 pub(super) async fn check(argv: &[String]) -> Probe {
     let Some((program, args)) = argv.split_first() else {
         return Err(CheckFailure::NothingToCheck("empty argv"));
     };
-    let done = run(OsStr::new(program), args).await?;
+    let done = capture(OsStr::new(program), args)
+        .await
+        .map_err(|e| CheckFailure::CannotProbe(format!("cannot run {program}: {e}")))?;
     if done.status.success() {
         Ok("exit status 0".into())
     } else {
@@ -36,91 +22,6 @@ pub(super) async fn check(argv: &[String]) -> Probe {
             status: describe_status(done.status),
             last_line: last_line(&done.stderr, &done.stdout),
         })
-    }
-}
-
-/// Runs `program args…` in its own process group, stdin from /dev/null, output captured (capped).
-/// It has no timeout of its own: the caller bounds it by dropping the future, which kills the
-/// whole process group (`kill_on_drop` alone would reach only the direct child).
-pub(super) async fn run<S: AsRef<OsStr>>(
-    program: &OsStr,
-    args: &[S],
-) -> Result<Finished, CheckFailure> {
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            CheckFailure::CannotProbe(format!("cannot run {}: {e}", program.to_string_lossy()))
-        })?;
-    // Declared after `child`, so dropped before it: the group dies before tokio reaps the leader,
-    // and the group id cannot have been reused by then.
-    let mut group = KillGroupOnDrop(child.id().and_then(|id| i32::try_from(id).ok()));
-    let stdout = child
-        .stdout
-        .take()
-        .map(|p| AbortOnDrop(tokio::spawn(read_capped(p))));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|p| AbortOnDrop(tokio::spawn(read_capped(p))));
-    let status = child.wait().await.map_err(|e| {
-        CheckFailure::CannotProbe(format!("waiting for {}: {e}", program.to_string_lossy()))
-    })?;
-    group.0 = None; // reaped: its id may be reused from now on
-    Ok(Finished {
-        status,
-        stdout: collect(stdout).await,
-        stderr: collect(stderr).await,
-    })
-}
-
-/// Kills the process group `.0` on drop, unless cleared.
-struct KillGroupOnDrop(Option<i32>);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
-    }
-}
-
-/// Aborts the task on drop, so no reader outlives the check.
-struct AbortOnDrop(JoinHandle<Vec<u8>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn read_capped<R: AsyncRead + Unpin>(mut pipe: R) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    // Ends at EOF or on a read error; the caller's abort ends it otherwise.
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = OUTPUT_CAP.saturating_sub(kept.len());
-                kept.extend_from_slice(buf.get(..n.min(room)).unwrap_or(&[]));
-            }
-        }
-    }
-}
-
-async fn collect(reader: Option<AbortOnDrop>) -> Vec<u8> {
-    let Some(mut reader) = reader else {
-        return Vec::new();
-    };
-    match tokio::time::timeout(PIPE_GRACE, &mut reader.0).await {
-        Ok(Ok(bytes)) => bytes,
-        _ => Vec::new(),
     }
 }
 
@@ -153,7 +54,7 @@ mod tests {
 
     use super::super::{Check, CheckKind, run_phase};
     use super::*;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     fn argv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

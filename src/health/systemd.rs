@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
-use super::command::{describe_status, last_line, run};
+use super::command::{describe_status, last_line};
 use super::failure::{CheckFailure, Probe};
+use crate::exec::capture;
 
 /// One attempt: asks `systemctl` for the state of `units`.
 pub(super) async fn check(systemctl: &Path, units: &[String]) -> Probe {
@@ -15,7 +16,9 @@ pub(super) async fn check(systemctl: &Path, units: &[String]) -> Probe {
     }
     let mut args = vec!["is-active", "--"];
     args.extend(units.iter().map(String::as_str));
-    let done = run(systemctl.as_os_str(), &args).await?;
+    let done = capture(systemctl.as_os_str(), &args).await.map_err(|e| {
+        CheckFailure::CannotProbe(format!("cannot run {}: {e}", systemctl.display()))
+    })?;
     let stdout = String::from_utf8_lossy(&done.stdout);
     let states: Vec<&str> = stdout
         .lines()

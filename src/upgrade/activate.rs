@@ -4,7 +4,7 @@ use crate::config::{Activation, Operation, Settings, TimeOfDay};
 
 use super::inhibitors::{self, Change};
 use super::reboot::{self, Plan};
-use super::runner::{CommandRunner, RunError};
+use crate::exec::{CommandRunner, RunError};
 use crate::model::{Phase, Reboot, Target};
 
 /// nixos-rebuild-ng's opt-out of re-executing itself as the `config.system.build.nixos-rebuild`

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::exec::{CommandRunner, RunError};
 use crate::model::{Attempt, CheckResult, InFlight, Job, Outcome, Phase, Reboot, now};
 use crate::upgrade::activate::{self, Activated};
-use crate::upgrade::runner::{CommandRunner, RunError};
 use crate::upgrade::wait::Waited;
 use crate::upgrade::{Worker, fetch, gc, inhibitors, reboot, rollback, self_update, wait};
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Settings;
+use crate::exec::CommandRunner;
 use crate::host::resolve_link;
-use crate::upgrade::runner::CommandRunner;
 
 /// Both closures are local by now; a diff that takes longer than this is cut off.
 const DIFF_TIMEOUT: Duration = Duration::from_secs(600);

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::config::Settings;
+use crate::exec::{CommandRunner, LineObserver, RunError};
 use crate::model::{FetchProgress, StorePath};
 use crate::upgrade::closure_diff;
-use crate::upgrade::runner::{CommandRunner, LineObserver, RunError};
 
 /// nix's `ActivityType` values (src/libutil/logging.hh) that carry fetch progress.
 const ACT_COPY_PATH: u64 = 100;

@@ -18,8 +18,8 @@ use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GateConfig, GateKind, SystemConfig};
+use crate::exec::{CommandRunner, LineObserver};
 use crate::model::{Job, Verdict, WaitingFor};
-use crate::upgrade::runner::{CommandRunner, LineObserver};
 use crate::upgrade::wait::Condition;
 
 /// A gate's question must answer within this.

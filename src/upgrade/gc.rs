@@ -4,7 +4,7 @@
 //! of an age. Never fails the attempt: the upgrade already succeeded.
 
 use crate::config::{GcConfig, SystemConfig};
-use crate::upgrade::runner::CommandRunner;
+use crate::exec::CommandRunner;
 
 /// `nix-env --profile <system_profile> --delete-generations +N`, then `nix-store --gc`.
 pub fn gc_argvs(gc: &GcConfig, system: &SystemConfig) -> [Vec<String>; 2] {

@@ -10,7 +10,6 @@ pub mod gc;
 pub mod inhibitors;
 pub mod reboot;
 pub mod rollback;
-pub mod runner;
 pub mod self_update;
 pub mod settle;
 pub mod wait;

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::config::{Activation, Operation, Settings};
 use crate::health;
 
-use super::runner::{CommandRunner, RunError};
+use crate::exec::{CommandRunner, RunError};
 use crate::model::CheckResult;
 
 /// Waits `settle`, then runs the post-checks (none: nothing to wait for).

@@ -1,7 +1,10 @@
-//! Runs one external command: no shell, output to the log line by line, killed with its process
-//! group when it outlives its timeout or the agent stops.
+//! The one way the agent runs a command: no shell, its own process group, stdin from /dev/null.
+//! `CommandRunner` streams the output to the log (activation, rollback, fetch, diff, hooks) and
+//! kills the group on its timeout or at shutdown; `capture` keeps the output (health checks) and
+//! kills the group when its caller drops it.
 
-use std::process::Stdio;
+use std::ffi::OsStr;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +12,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -217,6 +221,95 @@ fn emit(stream: &'static str, line: &[u8], cut: bool, observer: Option<&LineObse
         tracing::info!(stream, truncated = true, "{text}");
     } else {
         tracing::info!(stream, "{text}");
+    }
+}
+
+/// At most this much of stdout and of stderr is kept by `capture`; the rest is read and dropped.
+const OUTPUT_CAP: usize = 64 * 1024;
+/// After a captured process exits, how long its pipes may stay open (held by a leftover child).
+const PIPE_GRACE: Duration = Duration::from_millis(100);
+
+/// A process that ran to its end.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `program args…` in its own process group, stdin from /dev/null, output captured (capped).
+/// It has no timeout of its own: the caller bounds it by dropping the future, which kills the
+/// whole process group (`kill_on_drop` alone would reach only the direct child).
+pub async fn capture<S: AsRef<OsStr>>(program: &OsStr, args: &[S]) -> std::io::Result<Finished> {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    // Declared after `child`, so dropped before it: the group dies before tokio reaps the leader,
+    // and the group id cannot have been reused by then.
+    let mut group = KillGroupOnDrop(child.id().and_then(|id| i32::try_from(id).ok()));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|p| AbortOnDrop(tokio::spawn(read_capped(p))));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|p| AbortOnDrop(tokio::spawn(read_capped(p))));
+    let status = child.wait().await?;
+    group.0 = None; // reaped: its id may be reused from now on
+    Ok(Finished {
+        status,
+        stdout: collect(stdout).await,
+        stderr: collect(stderr).await,
+    })
+}
+
+/// Kills the process group `.0` on drop, unless cleared.
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Aborts the task on drop, so no reader outlives the check.
+struct AbortOnDrop(JoinHandle<Vec<u8>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn read_capped<R: AsyncRead + Unpin>(mut pipe: R) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    // Ends at EOF or on a read error; the caller's abort ends it otherwise.
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(buf.get(..n.min(room)).unwrap_or(&[]));
+            }
+        }
+    }
+}
+
+async fn collect(reader: Option<AbortOnDrop>) -> Vec<u8> {
+    let Some(mut reader) = reader else {
+        return Vec::new();
+    };
+    match tokio::time::timeout(PIPE_GRACE, &mut reader.0).await {
+        Ok(Ok(bytes)) => bytes,
+        _ => Vec::new(),
     }
 }
 
