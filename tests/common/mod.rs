@@ -213,7 +213,10 @@ impl Rig {
         child.start_kill().unwrap();
         child.wait().await.unwrap();
         let mark = format!("RIG_CGROUP={}", self.cgroup);
-        for _ in 0..50 {
+        // A process in the middle of an exec can read as having no environment for a moment:
+        // only several empty scans in a row mean everything marked is gone.
+        let mut empty_scans = 0;
+        for _ in 0..200 {
             let marked: Vec<i32> = std::fs::read_dir("/proc")
                 .unwrap()
                 .flatten()
@@ -224,8 +227,14 @@ impl Rig {
                 })
                 .collect();
             if marked.is_empty() {
-                return;
+                empty_scans += 1;
+                if empty_scans == 5 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
             }
+            empty_scans = 0;
             for pid in marked {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
