@@ -109,6 +109,8 @@ pub struct Metrics {
     attempts: Family<Labels, Counter>,
     notifications: Family<Labels, Counter>,
     refusals: Family<Labels, Counter>,
+    /// Handles into `refusals`; the causes are a bounded set, so this stays small.
+    refusal_handles: std::sync::Mutex<Vec<(&'static str, &'static str, Counter)>>,
     /// Handles into `notifications` by status, made on first use: a refusal then costs one
     /// atomic add, not a label vector, a hash and a lock.
     notification_handles: [std::sync::OnceLock<Counter>; NOTIFICATION_STATUSES.len()],
@@ -134,6 +136,7 @@ impl Metrics {
             attempts: Family::default(),
             notifications: Family::default(),
             refusals: Family::default(),
+            refusal_handles: std::sync::Mutex::default(),
             notification_handles: Default::default(),
             hooks: Family::default(),
         };
@@ -207,10 +210,27 @@ impl Metrics {
             None => family().inc(),
         };
         if let Some(cause) = cause {
-            self.refusals
-                .get_or_create(&vec![("status", status.into()), ("cause", cause.into())])
-                .inc();
+            self.refusal(status, cause).inc();
         }
+    }
+
+    /// The refusals counter of (`status`, `cause`), made once: a flood of forged requests then
+    /// costs a short scan and an atomic add per refusal, not a label vector, a hash and a lock.
+    fn refusal(&self, status: &'static str, cause: &'static str) -> Counter {
+        let mut handles = self
+            .refusal_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, counter)) = handles.iter().find(|(s, c, _)| *s == status && *c == cause)
+        {
+            return counter.clone();
+        }
+        let counter = self
+            .refusals
+            .get_or_create(&vec![("status", status.into()), ("cause", cause.into())])
+            .clone();
+        handles.push((status, cause, counter.clone()));
+        counter
     }
 
     /// The hook counter, for the background task that runs hooks.
